@@ -1,0 +1,135 @@
+//! The operations a graph node can perform, with their attributes.
+//!
+//! Operands are positional; each variant documents its operand list. Attention uses PyTorch's
+//! `[batch, heads, seq, head_dim]` layout, linear weights PyTorch's `[out_features, in_features]`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{DType, Shape};
+
+/// How RoPE pairs up the channels it rotates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RopeStyle {
+    /// Half-split (GPT-NeoX, Hugging Face Llama): channel `i` pairs with `i + rotary_dim / 2`.
+    Neox,
+    /// Interleaved (GPT-J, Meta's original Llama): channel `2i` pairs with `2i + 1`.
+    Gptj,
+}
+
+/// Which GELU formula: the exact one or the tanh approximation most fused kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeluApprox {
+    None,
+    Tanh,
+}
+
+/// How a parameter is filled when no checkpoint provides it (deterministic, from a seed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Init {
+    /// Normal(0, std): linear weights, embeddings.
+    Normal { std: f32 },
+    /// Every element the same value: norm gains and biases, default activation scales.
+    Const { value: f32 },
+    /// The per-tensor FP8 scale of another parameter: `amax(weight) / max_finite(dtype)`, so the
+    /// quantized weight uses the whole FP8 range.
+    ScaleOf { weight: String },
+}
+
+/// A graph operation. Operands (in order) are listed on each variant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A tensor the caller supplies on every run, bound by the node's name. No operands.
+    Input { dtype: DType, shape: Shape },
+    /// A weight or other parameter, bound by the node's name. No operands.
+    Param { dtype: DType, shape: Shape, init: Init },
+    /// Rows of a table: `(table [vocab, hidden], ids [...] of i32/i64) -> [..., hidden]`.
+    Embedding,
+    /// `(x [..., n], gain [n])`: `x / sqrt(mean(x²) + eps) * gain`.
+    RmsNorm { eps: f32 },
+    /// `(x [..., n], gain [n], bias [n])`: `(x - mean) / sqrt(var + eps) * gain + bias`.
+    LayerNorm { eps: f32 },
+    /// `(x [..., k], w [n, k])` in bf16/f16/f32, or `(x, w, x_scale [], w_scale [])` with FP8
+    /// `x` and `w`, computing `x · wᵀ · x_scale · w_scale` with f32 accumulation. Output `[..., n]`
+    /// in `out`.
+    Linear { out: DType },
+    /// `(x)`: the same elements in a new shape.
+    Reshape { shape: Shape },
+    /// `(x)`: output axis `i` is input axis `perm[i]`.
+    Permute { perm: Vec<usize> },
+    /// `(x)`: elements `start..end` along `axis`.
+    Slice { axis: usize, start: usize, end: usize },
+    /// `(x0, x1, ...)` joined along `axis`.
+    Concat { axis: usize },
+    /// `(x [..., seq, heads, head_dim])`: rotary position embedding of the first `rotary_dim`
+    /// channels, position = index along the seq axis, frequency `theta^(-2i/rotary_dim)`.
+    Rope {
+        style: RopeStyle,
+        theta: f32,
+        rotary_dim: usize,
+    },
+    /// `(q [b, hq, sq, d], k [b, hkv, skv, d], v [b, hkv, skv, dv]) -> [b, hq, sq, dv]`:
+    /// `softmax(q·kᵀ·scale + mask)·v`. Query head `h` reads KV head `h / (hq / hkv)` (GQA); the
+    /// causal mask lets query `i` see keys `j <= i` (top-left aligned, as PyTorch's `is_causal`).
+    Attention { causal: bool, scale: f32 },
+    /// `(a, b)` with NumPy broadcasting.
+    Add,
+    /// `(a, b)` with NumPy broadcasting.
+    Mul,
+    /// `(x)`: `x · sigmoid(x)`.
+    Silu,
+    /// `(x)`.
+    Gelu { approx: GeluApprox },
+    /// `(x)` converted to `to`, rounding to nearest even; FP8 saturates.
+    Cast { to: DType },
+    /// `(x, scale [])`: `saturate(x / scale)` rounded to the FP8 type `to`.
+    Quantize { to: DType },
+    /// `(q, scale [])`: `q · scale` in `to`.
+    Dequantize { to: DType },
+    /// `(x)`: a result the caller reads back, by the node's name.
+    Output,
+}
+
+impl Op {
+    /// The op's name as it appears in JSON, DOT and error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Param { .. } => "param",
+            Op::Embedding => "embedding",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Linear { .. } => "linear",
+            Op::Reshape { .. } => "reshape",
+            Op::Permute { .. } => "permute",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::Rope { .. } => "rope",
+            Op::Attention { .. } => "attention",
+            Op::Add => "add",
+            Op::Mul => "mul",
+            Op::Silu => "silu",
+            Op::Gelu { .. } => "gelu",
+            Op::Cast { .. } => "cast",
+            Op::Quantize { .. } => "quantize",
+            Op::Dequantize { .. } => "dequantize",
+            Op::Output => "output",
+        }
+    }
+
+    /// Ops that only reinterpret or move elements without arithmetic.
+    pub fn is_view(&self) -> bool {
+        matches!(
+            self,
+            Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Concat { .. }
+        )
+    }
+
+    /// Ops whose value comes from outside the graph, by name.
+    pub fn is_leaf(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Param { .. })
+    }
+}

@@ -1,0 +1,13 @@
+//! lancet's compiler: everything from a model graph to generated CUDA source, with no GPU code.
+//!
+//! - [`ir`]: the typed graph IR, its builder, JSON format and DOT rendering;
+//! - [`reference`]: the CPU reference interpreter, the oracle for every later stage;
+//! - [`models`]: graph builders for decoder transformers (Llama and its presets);
+//! - [`weights`]: deterministic random parameters and inputs;
+//! - [`summary`]: parameter, FLOP and byte counts of a graph.
+
+pub mod ir;
+pub mod models;
+pub mod reference;
+pub mod summary;
+pub mod weights;

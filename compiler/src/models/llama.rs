@@ -1,0 +1,248 @@
+//! Llama-style decoder stacks, and the presets the benchmarks and tests use.
+//!
+//! One builder covers the family: RMSNorm or LayerNorm, SwiGLU or GELU MLP, MHA or GQA, NeoX or
+//! GPT-J RoPE, FP8 or bf16 linears. Q, K and V come from one packed projection (and gate and up
+//! from another) because that is how the fast path runs them: one GEMM each, then a split.
+//! Parameter names follow Hugging Face's Llama where one exists (`layers.3.mlp.down_proj.weight`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ir::{Builder, DType, GeluApprox, Graph, GraphError, Init, RopeStyle, Tensor};
+
+/// Which normalisation each block uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    Rms,
+    Layer,
+}
+
+/// Which MLP each block uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MlpKind {
+    /// `down(silu(gate(x)) · up(x))`, gate and up packed into one projection.
+    Swiglu,
+    /// `down(gelu_tanh(up(x)))`.
+    Gelu,
+}
+
+/// The precision of the linears (everything else stays bf16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// e4m3 × e4m3 GEMMs with per-tensor scales; activations are quantized before each linear.
+    Fp8,
+    Bf16,
+}
+
+/// The default per-tensor scale of a quantized activation before calibration: values up to
+/// 448/32 = 14 stay unsaturated, which covers unit-variance activations past 10σ. Calibration
+/// replaces it with the measured `amax / 448`.
+pub const DEFAULT_ACTIVATION_SCALE: f32 = 1.0 / 32.0;
+
+/// The standard deviation of random linear and embedding weights (Hugging Face's
+/// `initializer_range` default), so random models have realistic activation magnitudes.
+pub const INIT_STD: f32 = 0.02;
+
+/// Everything that shapes a decoder stack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub layers: usize,
+    pub rope_theta: f32,
+    pub rope_style: RopeStyle,
+    /// Channels of each head that RoPE rotates (`head_dim` for full rotary).
+    pub rotary_dim: usize,
+    pub norm: NormKind,
+    pub norm_eps: f32,
+    pub mlp: MlpKind,
+    pub precision: Precision,
+    pub batch: usize,
+    pub seq: usize,
+    /// `Some(vocab)` builds a full model (token embedding in, final norm out);
+    /// `None` the bare layer stack on hidden states, as the benchmark runs it.
+    pub vocab: Option<usize>,
+}
+
+/// Preset names accepted by [`LlamaConfig::preset`].
+pub const PRESETS: &[&str] = &["llama-3.2-1b", "seed-te", "tiny"];
+
+impl LlamaConfig {
+    /// A named preset: `llama-3.2-1b` (16 layers as released; batch 2, seq 2048), `seed-te`
+    /// (the seed benchmark's Transformer Engine layout: MHA with one 3×hidden QKV projection,
+    /// LayerNorm, GELU MLP) or `tiny` (small dimensions for tests).
+    pub fn preset(name: &str) -> Option<Self> {
+        let llama_1b = LlamaConfig {
+            hidden: 2048,
+            ffn: 8192,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 64,
+            layers: 16,
+            rope_theta: 500_000.0,
+            rope_style: RopeStyle::Neox,
+            rotary_dim: 64,
+            norm: NormKind::Rms,
+            norm_eps: 1e-5,
+            mlp: MlpKind::Swiglu,
+            precision: Precision::Fp8,
+            batch: 2,
+            seq: 2048,
+            vocab: None,
+        };
+        match name {
+            "llama-3.2-1b" => Some(llama_1b),
+            "seed-te" => Some(LlamaConfig {
+                kv_heads: 32,
+                rope_theta: 10_000.0,
+                norm: NormKind::Layer,
+                mlp: MlpKind::Gelu,
+                layers: 8,
+                ..llama_1b
+            }),
+            "tiny" => Some(LlamaConfig {
+                hidden: 64,
+                ffn: 128,
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 16,
+                layers: 2,
+                rope_theta: 10_000.0,
+                rotary_dim: 16,
+                batch: 2,
+                seq: 16,
+                ..llama_1b
+            }),
+            _ => None,
+        }
+    }
+
+    /// Tokens per forward pass.
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+
+    /// Builds the graph: inputs `hidden_states` (bf16 `[batch, seq, hidden]`) or, for a full
+    /// model, `input_ids` (i32 `[batch, seq]`); output `last_hidden_state`.
+    pub fn build(&self) -> Result<Graph, GraphError> {
+        let mut b = Builder::new();
+        let (bs, s, h) = (self.batch, self.seq, self.hidden);
+        let mut x = match self.vocab {
+            Some(vocab) => {
+                let ids = b.input("input_ids", DType::I32, [bs, s])?;
+                b.scoped("embed_tokens", |b| {
+                    let table = b.param("weight", DType::BF16, [vocab, h], Init::Normal { std: INIT_STD })?;
+                    b.embedding(table, ids)
+                })?
+            }
+            None => b.input("hidden_states", DType::BF16, [bs, s, h])?,
+        };
+        for layer in 0..self.layers {
+            x = b.scoped(&format!("layers.{layer}"), |b| self.block(b, x))?;
+        }
+        if self.vocab.is_some() {
+            x = b.scoped("norm", |b| self.norm(b, x))?;
+        }
+        b.output("last_hidden_state", x)?;
+        Ok(b.finish())
+    }
+
+    /// One decoder block: pre-norm attention and pre-norm MLP, each with a residual add.
+    fn block(&self, b: &mut Builder, x: Tensor) -> Result<Tensor, GraphError> {
+        let attn_in = b.scoped("input_layernorm", |b| self.norm(b, x))?;
+        let attn = b.scoped("self_attn", |b| self.attention(b, attn_in))?;
+        let x = b.scoped("attn_residual", |b| b.add(x, attn))?;
+        let mlp_in = b.scoped("post_attention_layernorm", |b| self.norm(b, x))?;
+        let mlp = b.scoped("mlp", |b| self.mlp(b, mlp_in))?;
+        b.scoped("mlp_residual", |b| b.add(x, mlp))
+    }
+
+    fn norm(&self, b: &mut Builder, x: Tensor) -> Result<Tensor, GraphError> {
+        let h = self.hidden;
+        let gain = b.param("weight", DType::BF16, [h], Init::Const { value: 1.0 })?;
+        match self.norm {
+            NormKind::Rms => b.rms_norm(x, gain, self.norm_eps),
+            NormKind::Layer => {
+                let bias = b.param("bias", DType::BF16, [h], Init::Const { value: 0.0 })?;
+                b.layer_norm(x, gain, bias, self.norm_eps)
+            }
+        }
+    }
+
+    fn attention(&self, b: &mut Builder, x: Tensor) -> Result<Tensor, GraphError> {
+        let (bs, s, d) = (self.batch, self.seq, self.head_dim);
+        let (hq, hkv) = (self.heads, self.kv_heads);
+        let qkv = b.scoped("qkv_proj", |b| self.linear(b, x, (hq + 2 * hkv) * d, self.hidden))?;
+        let parts = b.scoped("split_qkv", |b| b.split(qkv, 2, &[hq * d, hkv * d, hkv * d]))?;
+        let heads = |b: &mut Builder, t: Tensor, n: usize, rotate: bool| -> Result<Tensor, GraphError> {
+            let t = b.reshape(t, [bs, s, n, d])?;
+            let t = if rotate {
+                b.rope(t, self.rope_style, self.rope_theta, self.rotary_dim)?
+            } else {
+                t
+            };
+            b.permute(t, [0, 2, 1, 3])
+        };
+        let q = b.scoped("q", |b| heads(b, parts[0], hq, true))?;
+        let k = b.scoped("k", |b| heads(b, parts[1], hkv, true))?;
+        let v = b.scoped("v", |b| heads(b, parts[2], hkv, false))?;
+        let scale = 1.0 / (d as f32).sqrt();
+        let o = b.scoped("sdpa", |b| b.attention(q, k, v, true, scale))?;
+        let o = b.scoped("merge_heads", |b| {
+            let o = b.permute(o, [0, 2, 1, 3])?;
+            b.reshape(o, [bs, s, hq * d])
+        })?;
+        b.scoped("o_proj", |b| self.linear(b, o, self.hidden, hq * d))
+    }
+
+    fn mlp(&self, b: &mut Builder, x: Tensor) -> Result<Tensor, GraphError> {
+        let f = self.ffn;
+        let act = match self.mlp {
+            MlpKind::Swiglu => {
+                let gu = b.scoped("gate_up_proj", |b| self.linear(b, x, 2 * f, self.hidden))?;
+                b.scoped("act", |b| {
+                    let parts = b.split(gu, 2, &[f, f])?;
+                    let gate = b.silu(parts[0])?;
+                    b.mul(gate, parts[1])
+                })?
+            }
+            MlpKind::Gelu => {
+                let up = b.scoped("up_proj", |b| self.linear(b, x, f, self.hidden))?;
+                b.scoped("act", |b| b.gelu(up, GeluApprox::Tanh))?
+            }
+        };
+        b.scoped("down_proj", |b| self.linear(b, act, self.hidden, f))
+    }
+
+    /// A projection `[.., in] → [.., out]` in the configured precision. FP8 quantizes its input
+    /// with `input_scale` and carries the weight's own scale as `weight_scale`.
+    fn linear(&self, b: &mut Builder, x: Tensor, out: usize, inp: usize) -> Result<Tensor, GraphError> {
+        let init = Init::Normal { std: INIT_STD };
+        match self.precision {
+            Precision::Bf16 => {
+                let w = b.param("weight", DType::BF16, [out, inp], init)?;
+                b.linear(x, w, DType::BF16)
+            }
+            Precision::Fp8 => {
+                let x_scale = b.param(
+                    "input_scale",
+                    DType::F32,
+                    [],
+                    Init::Const {
+                        value: DEFAULT_ACTIVATION_SCALE,
+                    },
+                )?;
+                let w = b.param("weight", DType::F8E4M3, [out, inp], init)?;
+                let weight = b.graph().node(w).name.clone();
+                let w_scale = b.param("weight_scale", DType::F32, [], Init::ScaleOf { weight })?;
+                let xq = b.quantize(x, x_scale, DType::F8E4M3)?;
+                b.linear_fp8(xq, w, x_scale, w_scale, DType::BF16)
+            }
+        }
+    }
+}

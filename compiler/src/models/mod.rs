@@ -1,0 +1,5 @@
+//! Graph builders for model families.
+
+pub mod llama;
+
+pub use llama::{LlamaConfig, MlpKind, NormKind, Precision, PRESETS};

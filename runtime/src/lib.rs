@@ -1,0 +1,1 @@
+pub use lancet_compiler as compiler;

@@ -1,0 +1,5 @@
+//! The `lancet` command line: one module per subcommand, plus shared model arguments and tables.
+
+pub mod graph;
+pub mod model;
+pub mod table;
