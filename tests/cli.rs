@@ -1,0 +1,81 @@
+//! The `lancet` command line, run as a user would run it.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn lancet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lancet")).args(args).output().expect("run lancet")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A scratch directory unique to this test process.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lancet-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn headline_summary_reports_flops() {
+    let o = lancet(&["graph", "--preset", "llama-3.2-1b", "--layers", "8", "--batch", "2", "--seq", "2048", "--summary"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("llama-3.2-1b · 8 layers · batch 2 · seq 2048 · fp8"), "{out}");
+    assert!(out.contains("4.263 TFLOP"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("linear") && l.trim_end().ends_with("32")), "{out}");
+}
+
+#[test]
+fn json_round_trips_through_a_file_and_corruption_fails() {
+    let dir = scratch("json");
+    let file = dir.join("g.json");
+    let o = lancet(&["graph", "--preset", "llama-3.2-1b", "--layers", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(&file, &o.stdout).unwrap();
+
+    let from_file = lancet(&["graph", file.to_str().unwrap(), "--summary"]);
+    assert!(from_file.status.success(), "{}", stderr(&from_file));
+    let from_preset = lancet(&["graph", "--preset", "llama-3.2-1b", "--layers", "2", "--summary"]);
+    // Same graph, same table (only the title line differs).
+    let body = |o: &Output| stdout(o).lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&from_file), body(&from_preset));
+
+    let text = String::from_utf8(o.stdout).unwrap();
+    std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+    let broken = lancet(&["graph", file.to_str().unwrap(), "--summary"]);
+    assert!(!broken.status.success());
+    let err = stderr(&broken);
+    assert!(err.starts_with("error: ") && err.contains("g.json: line"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn dot_renders_a_digraph() {
+    let o = lancet(&["graph", "--preset", "tiny", "--dot"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(out.starts_with("digraph \"tiny"), "{out}");
+    assert!(out.contains("attention 'layers.1.self_attn.sdpa'"), "{out}");
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    for (args, needle) in [
+        (&["graph", "--preset", "gpt-9"][..], "unknown preset 'gpt-9' (known: llama-3.2-1b, seed-te, tiny)"),
+        (&["graph", "--preset", "tiny", "--layers", "0"][..], "--layers must be at least 1"),
+        (&["graph"][..], "name a model"),
+        (&["graph", "missing.json"][..], "missing.json: file: cannot read"),
+        (&["graph", "--preset", "tiny", "--json", "--dot"][..], "cannot be used with"),
+    ] {
+        let o = lancet(args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}
