@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn lancet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lancet")).args(args).output().expect("run lancet")
+    Command::new(env!("CARGO_BIN_EXE_lancet"))
+        .args(args)
+        .output()
+        .expect("run lancet")
 }
 
 fn stdout(o: &Output) -> String {
@@ -24,12 +27,30 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn headline_summary_reports_flops() {
-    let o = lancet(&["graph", "--preset", "llama-3.2-1b", "--layers", "8", "--batch", "2", "--seq", "2048", "--summary"]);
+    let o = lancet(&[
+        "graph",
+        "--preset",
+        "llama-3.2-1b",
+        "--layers",
+        "8",
+        "--batch",
+        "2",
+        "--seq",
+        "2048",
+        "--summary",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("llama-3.2-1b · 8 layers · batch 2 · seq 2048 · fp8"), "{out}");
+    assert!(
+        out.contains("llama-3.2-1b · 8 layers · batch 2 · seq 2048 · fp8"),
+        "{out}"
+    );
     assert!(out.contains("4.263 TFLOP"), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("linear") && l.trim_end().ends_with("32")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("linear") && l.trim_end().ends_with("32")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -52,7 +73,10 @@ fn json_round_trips_through_a_file_and_corruption_fails() {
     let broken = lancet(&["graph", file.to_str().unwrap(), "--summary"]);
     assert!(!broken.status.success());
     let err = stderr(&broken);
-    assert!(err.starts_with("error: ") && err.contains("g.json: line"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("g.json: line"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -68,11 +92,20 @@ fn dot_renders_a_digraph() {
 #[test]
 fn bad_arguments_fail_with_a_message() {
     for (args, needle) in [
-        (&["graph", "--preset", "gpt-9"][..], "unknown preset 'gpt-9' (known: llama-3.2-1b, seed-te, tiny)"),
-        (&["graph", "--preset", "tiny", "--layers", "0"][..], "--layers must be at least 1"),
+        (
+            &["graph", "--preset", "gpt-9"][..],
+            "unknown preset 'gpt-9' (known: llama-3.2-1b, seed-te, tiny)",
+        ),
+        (
+            &["graph", "--preset", "tiny", "--layers", "0"][..],
+            "--layers must be at least 1",
+        ),
         (&["graph"][..], "name a model"),
         (&["graph", "missing.json"][..], "missing.json: file: cannot read"),
-        (&["graph", "--preset", "tiny", "--json", "--dot"][..], "cannot be used with"),
+        (
+            &["graph", "--preset", "tiny", "--json", "--dot"][..],
+            "cannot be used with",
+        ),
     ] {
         let o = lancet(args);
         assert!(!o.status.success(), "{args:?} should fail");

@@ -9,5 +9,6 @@
 pub mod ir;
 pub mod models;
 pub mod reference;
+pub mod rewrite;
 pub mod summary;
 pub mod weights;

@@ -57,7 +57,9 @@ pub fn summarize(graph: &Graph) -> Summary {
             }
             Op::Input { .. } => s.input_bytes += node.ty.size_bytes(),
             Op::Output => s.output_bytes += node.ty.size_bytes(),
-            Op::Linear { .. } => s.flops.linear += 2.0 * out * operand(0).shape.last() as f64,
+            Op::Linear { .. } | Op::LinearAdd { .. } => {
+                s.flops.linear += 2.0 * out * operand(0).shape.last() as f64
+            }
             Op::Attention { causal, .. } => {
                 let (q, k, v) = (operand(0).shape, operand(1).shape, operand(2).shape);
                 let pairs = (q.0[0] * q.0[1] * q.0[2] * k.0[2]) as f64;

@@ -91,8 +91,8 @@ pub fn random_params(graph: &Graph, seed: u64) -> Result<Bindings, InitError> {
         };
         let n = node.ty.numel();
         let mut data = match init {
-            Init::Normal { std } => normal(seed, &node.name, n, *std),
-            Init::Const { value } => vec![*value; n],
+            Init::Normal { std } => normal(seed, &node.name, n, std.get()),
+            Init::Const { value } => vec![value.get(); n],
             Init::ScaleOf { .. } => continue,
         };
         if let Some(max) = fp8_max(*dtype) {

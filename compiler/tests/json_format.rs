@@ -55,7 +55,12 @@ fn load_error(edit: impl FnOnce(&mut Value)) -> String {
 }
 
 fn node_index(value: &Value, op: &str) -> usize {
-    value["nodes"].as_array().unwrap().iter().position(|n| n["op"] == op).unwrap()
+    value["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|n| n["op"] == op)
+        .unwrap()
 }
 
 #[test]
@@ -69,7 +74,10 @@ fn bad_json_names_file_line_and_column() {
 #[test]
 fn wrong_format_tag_and_non_object_are_rejected() {
     let msg = load_error(|v| v["format"] = "onnx".into());
-    assert!(msg.contains("field 'format'") && msg.contains("expected \"lancet-graph\""), "{msg}");
+    assert!(
+        msg.contains("field 'format'") && msg.contains("expected \"lancet-graph\""),
+        "{msg}"
+    );
     let msg = json::from_str("[1, 2]", "g.json").unwrap_err().to_string();
     assert_eq!(msg, "g.json: top level: expected a JSON object");
 }
@@ -82,7 +90,10 @@ fn wrong_version_is_rejected() {
     let msg = load_error(|v| {
         v.as_object_mut().unwrap().remove("version");
     });
-    assert!(msg.contains("field 'version'") && msg.contains("missing"), "{msg}");
+    assert!(
+        msg.contains("field 'version'") && msg.contains("missing"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -135,12 +146,18 @@ fn shape_mismatch_names_node_and_mismatch() {
     // Shrink the down projection's weight: the linear no longer type-checks.
     let msg = load_error(|v| {
         let nodes = v["nodes"].as_array_mut().unwrap();
-        let w = nodes.iter().position(|n| n["name"] == "layers.1.mlp.down_proj.weight").unwrap();
+        let w = nodes
+            .iter()
+            .position(|n| n["name"] == "layers.1.mlp.down_proj.weight")
+            .unwrap();
         nodes[w]["shape"] = serde_json::json!([64, 100]);
         nodes[w]["type"]["shape"] = serde_json::json!([64, 100]);
     });
     assert!(msg.contains("(linear 'layers.1.mlp.down_proj')"), "{msg}");
-    assert!(msg.contains("input has 128 features, weight expects 100"), "{msg}");
+    assert!(
+        msg.contains("input has 128 features, weight expects 100"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -156,7 +173,10 @@ fn stored_type_that_disagrees_with_inference_is_rejected() {
 #[test]
 fn ids_must_be_positions() {
     let msg = load_error(|v| v["nodes"][3]["id"] = 7.into());
-    assert!(msg.contains("nodes[3]") && msg.contains("id is 7, expected 3"), "{msg}");
+    assert!(
+        msg.contains("nodes[3]") && msg.contains("id is 7, expected 3"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -165,11 +185,18 @@ fn bad_attribute_type_names_the_node() {
         let i = node_index(v, "rope");
         v["nodes"][i]["style"] = "sideways".into();
     });
-    assert!(msg.contains("nodes[") && msg.contains("unknown variant `sideways`"), "{msg}");
+    assert!(
+        msg.contains("nodes[") && msg.contains("unknown variant `sideways`"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_file_is_an_error_not_a_panic() {
     let err = json::load(std::path::Path::new("does/not/exist.json")).unwrap_err();
-    assert!(err.to_string().starts_with("does/not/exist.json: file: cannot read"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("does/not/exist.json: file: cannot read"),
+        "{err}"
+    );
 }

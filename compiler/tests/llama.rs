@@ -23,7 +23,10 @@ fn headline_flops_match_an_independent_count() {
     assert_eq!(s.flops.linear, 8.0 * linear_per_layer);
     assert_eq!(s.flops.attention, 8.0 * attention_per_layer);
     let total = s.flops.total();
-    assert!((total / 4.26e12 - 1.0).abs() < 0.005, "total {total:e} is not ≈ 4.26 TFLOP");
+    assert!(
+        (total / 4.26e12 - 1.0).abs() < 0.005,
+        "total {total:e} is not ≈ 4.26 TFLOP"
+    );
 }
 
 #[test]
@@ -32,15 +35,27 @@ fn llama_layer_structure() {
     c.layers = 3;
     let g = c.build().unwrap();
     assert_eq!(count(&g, |op| matches!(op, Op::Linear { .. })), 3 * 4);
-    assert_eq!(count(&g, |op| matches!(op, Op::Attention { causal: true, .. })), 3);
+    assert_eq!(
+        count(&g, |op| matches!(op, Op::Attention { causal: true, .. })),
+        3
+    );
     assert_eq!(count(&g, |op| matches!(op, Op::Rope { .. })), 3 * 2);
     assert_eq!(count(&g, |op| matches!(op, Op::Quantize { .. })), 3 * 4);
     assert_eq!(count(&g, |op| matches!(op, Op::RmsNorm { .. })), 3 * 2);
     // GQA: K and V reach attention with 8 heads, Q with 32.
-    let (id, _) = g.nodes().find(|(_, n)| matches!(n.op, Op::Attention { .. })).unwrap();
-    let shapes: Vec<Vec<usize>> =
-        g.operands(id).iter().map(|&o| g.node(o).ty.shape.dims().to_vec()).collect();
-    assert_eq!(shapes, vec![vec![2, 32, 2048, 64], vec![2, 8, 2048, 64], vec![2, 8, 2048, 64]]);
+    let (id, _) = g
+        .nodes()
+        .find(|(_, n)| matches!(n.op, Op::Attention { .. }))
+        .unwrap();
+    let shapes: Vec<Vec<usize>> = g
+        .operands(id)
+        .iter()
+        .map(|&o| g.node(o).ty.shape.dims().to_vec())
+        .collect();
+    assert_eq!(
+        shapes,
+        vec![vec![2, 32, 2048, 64], vec![2, 8, 2048, 64], vec![2, 8, 2048, 64]]
+    );
     for name in [
         "layers.2.self_attn.qkv_proj.weight",
         "layers.2.self_attn.qkv_proj.weight_scale",
@@ -56,12 +71,19 @@ fn llama_layer_structure() {
 #[test]
 fn seed_te_is_mha_layernorm_gelu() {
     let c = LlamaConfig::preset("seed-te").unwrap();
-    assert_eq!((c.heads, c.kv_heads, c.norm, c.mlp), (32, 32, NormKind::Layer, MlpKind::Gelu));
+    assert_eq!(
+        (c.heads, c.kv_heads, c.norm, c.mlp),
+        (32, 32, NormKind::Layer, MlpKind::Gelu)
+    );
     let mut c = c;
     c.layers = 1;
     let g = c.build().unwrap();
     let qkv = g.binding("layers.0.self_attn.qkv_proj.weight").unwrap();
-    assert_eq!(g.node(qkv).ty.shape.dims(), &[3 * 2048, 2048], "one 3×hidden QKV projection");
+    assert_eq!(
+        g.node(qkv).ty.shape.dims(),
+        &[3 * 2048, 2048],
+        "one 3×hidden QKV projection"
+    );
     assert_eq!(count(&g, |op| matches!(op, Op::LayerNorm { .. })), 2);
     assert_eq!(count(&g, |op| matches!(op, Op::Gelu { .. })), 1);
     assert_eq!(count(&g, |op| matches!(op, Op::Silu)), 0);

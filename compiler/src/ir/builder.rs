@@ -5,7 +5,7 @@
 //! let mut b = Builder::new();
 //! let x = b.input("x", DType::BF16, [2, 16, 64])?;
 //! let y = b.scoped("mlp.up", |b| {
-//!     let w = b.param("weight", DType::BF16, [128, 64], Init::Normal { std: 0.02 })?;
+//!     let w = b.param("weight", DType::BF16, [128, 64], Init::normal(0.02))?;
 //!     b.linear(x, w, DType::BF16)
 //! })?;
 //! let y = b.silu(y)?;
@@ -93,11 +93,11 @@ impl Builder {
     }
 
     pub fn rms_norm(&mut self, x: Tensor, gain: Tensor, eps: f32) -> Result<Tensor> {
-        self.node(Op::RmsNorm { eps }, &[x, gain])
+        self.node(Op::RmsNorm { eps: eps.into() }, &[x, gain])
     }
 
     pub fn layer_norm(&mut self, x: Tensor, gain: Tensor, bias: Tensor, eps: f32) -> Result<Tensor> {
-        self.node(Op::LayerNorm { eps }, &[x, gain, bias])
+        self.node(Op::LayerNorm { eps: eps.into() }, &[x, gain, bias])
     }
 
     /// `x · wᵀ` for bf16/f16/f32 operands.
@@ -150,7 +150,7 @@ impl Builder {
         self.node(
             Op::Rope {
                 style,
-                theta,
+                theta: theta.into(),
                 rotary_dim,
             },
             &[x],
@@ -158,7 +158,13 @@ impl Builder {
     }
 
     pub fn attention(&mut self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: f32) -> Result<Tensor> {
-        self.node(Op::Attention { causal, scale }, &[q, k, v])
+        self.node(
+            Op::Attention {
+                causal,
+                scale: scale.into(),
+            },
+            &[q, k, v],
+        )
     }
 
     pub fn add(&mut self, a: Tensor, b: Tensor) -> Result<Tensor> {

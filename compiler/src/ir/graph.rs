@@ -11,7 +11,7 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
-use super::{infer, GraphError, Op, TensorType};
+use super::{infer, GraphError, Mismatch, Op, TensorType};
 
 /// A node's position in its graph (its insertion index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -77,6 +77,20 @@ impl Graph {
                     input,
                 });
             }
+        }
+        if let Some(slot) = operands
+            .iter()
+            .position(|&o| matches!(self.dag[o.ix()].op, Op::Output))
+        {
+            return Err(GraphError::Invalid {
+                node: id,
+                op: kind,
+                name,
+                mismatch: Mismatch::Attribute(format!(
+                    "operand {slot} is output node {}: read the value it outputs instead",
+                    operands[slot]
+                )),
+            });
         }
         let binds = op.is_leaf() || matches!(op, Op::Output);
         if binds {

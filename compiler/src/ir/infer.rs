@@ -10,17 +10,19 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, Mismatch> {
             Ok(TensorType::new(*dtype, shape.clone()))
         }
         Op::Embedding => embedding(inputs),
-        Op::RmsNorm { eps } => norm(inputs, 2, "2 (x, gain)", *eps),
-        Op::LayerNorm { eps } => norm(inputs, 3, "3 (x, gain, bias)", *eps),
+        Op::RmsNorm { eps } => norm(inputs, 2, "2 (x, gain)", eps.get()),
+        Op::LayerNorm { eps } => norm(inputs, 3, "3 (x, gain, bias)", eps.get()),
         Op::Linear { out } => linear(inputs, *out),
+        Op::LinearAdd { out } => linear_add(inputs, *out),
+        Op::Fused { program } => Ok(program.infer(inputs)?.pop().expect("programs are non-empty")),
         Op::Reshape { shape } => reshape(inputs, shape),
         Op::Permute { perm } => permute(inputs, perm),
         Op::Slice { axis, start, end } => slice(inputs, *axis, *start, *end),
         Op::Concat { axis } => concat(inputs, *axis),
         Op::Rope {
             rotary_dim, theta, ..
-        } => rope(inputs, *rotary_dim, *theta),
-        Op::Attention { scale, .. } => attention(inputs, *scale),
+        } => rope(inputs, *rotary_dim, theta.get()),
+        Op::Attention { scale, .. } => attention(inputs, scale.get()),
         Op::Add | Op::Mul => binary(inputs),
         Op::Silu | Op::Gelu { .. } => {
             arity(inputs, 1, "1")?;
@@ -148,7 +150,7 @@ fn linear(inputs: &[&TensorType], out: DType) -> Result<TensorType, Mismatch> {
     if fp8 {
         if inputs.len() != 4 {
             return Err(Mismatch::Arity {
-                expected: "4 (x, w, x_scale, w_scale) for FP8 operands",
+                expected: "4 (x, w, x_scale, w_scale: FP8 inputs need scales)",
                 got: inputs.len(),
             });
         }
@@ -177,6 +179,29 @@ fn linear(inputs: &[&TensorType], out: DType) -> Result<TensorType, Mismatch> {
     let mut dims = x.shape.0.clone();
     *dims.last_mut().expect("rank checked") = n;
     Ok(TensorType::new(out, dims))
+}
+
+/// A linear plus a residual operand of the linear's own output type.
+fn linear_add(inputs: &[&TensorType], out: DType) -> Result<TensorType, Mismatch> {
+    let Some((residual, linear_inputs)) = inputs.split_last() else {
+        return Err(Mismatch::Arity {
+            expected: "3 (x, w, residual) or 5 (x, w, x_scale, w_scale, residual)",
+            got: 0,
+        });
+    };
+    let ty = linear(linear_inputs, out).map_err(|m| match m {
+        Mismatch::Arity { got, .. } => Mismatch::Arity {
+            expected: "3 (x, w, residual) or 5 (x, w, x_scale, w_scale, residual)",
+            got: got + 1,
+        },
+        other => other,
+    })?;
+    if **residual != ty {
+        return Err(Mismatch::Shape(format!(
+            "residual is {residual}, the linear produces {ty}"
+        )));
+    }
+    Ok(ty)
 }
 
 fn reshape(inputs: &[&TensorType], shape: &Shape) -> Result<TensorType, Mismatch> {

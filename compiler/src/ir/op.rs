@@ -5,10 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DType, Shape};
+use super::{DType, Float, Program, Shape};
 
 /// How RoPE pairs up the channels it rotates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RopeStyle {
     /// Half-split (GPT-NeoX, Hugging Face Llama): channel `i` pairs with `i + rotary_dim / 2`.
@@ -18,7 +18,7 @@ pub enum RopeStyle {
 }
 
 /// Which GELU formula: the exact one or the tanh approximation most fused kernels use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GeluApprox {
     None,
@@ -26,20 +26,20 @@ pub enum GeluApprox {
 }
 
 /// How a parameter is filled when no checkpoint provides it (deterministic, from a seed).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Init {
     /// Normal(0, std): linear weights, embeddings.
-    Normal { std: f32 },
+    Normal { std: Float },
     /// Every element the same value: norm gains and biases, default activation scales.
-    Const { value: f32 },
+    Const { value: Float },
     /// The per-tensor FP8 scale of another parameter: `amax(weight) / max_finite(dtype)`, so the
     /// quantized weight uses the whole FP8 range.
     ScaleOf { weight: String },
 }
 
 /// A graph operation. Operands (in order) are listed on each variant.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// A tensor the caller supplies on every run, bound by the node's name. No operands.
@@ -49,9 +49,9 @@ pub enum Op {
     /// Rows of a table: `(table [vocab, hidden], ids [...] of i32/i64) -> [..., hidden]`.
     Embedding,
     /// `(x [..., n], gain [n])`: `x / sqrt(mean(x²) + eps) * gain`.
-    RmsNorm { eps: f32 },
+    RmsNorm { eps: Float },
     /// `(x [..., n], gain [n], bias [n])`: `(x - mean) / sqrt(var + eps) * gain + bias`.
-    LayerNorm { eps: f32 },
+    LayerNorm { eps: Float },
     /// `(x [..., k], w [n, k])` in bf16/f16/f32, or `(x, w, x_scale [], w_scale [])` with FP8
     /// `x` and `w`, computing `x · wᵀ · x_scale · w_scale` with f32 accumulation. Output `[..., n]`
     /// in `out`.
@@ -68,13 +68,13 @@ pub enum Op {
     /// channels, position = index along the seq axis, frequency `theta^(-2i/rotary_dim)`.
     Rope {
         style: RopeStyle,
-        theta: f32,
+        theta: Float,
         rotary_dim: usize,
     },
     /// `(q [b, hq, sq, d], k [b, hkv, skv, d], v [b, hkv, skv, dv]) -> [b, hq, sq, dv]`:
     /// `softmax(q·kᵀ·scale + mask)·v`. Query head `h` reads KV head `h / (hq / hkv)` (GQA); the
     /// causal mask lets query `i` see keys `j <= i` (top-left aligned, as PyTorch's `is_causal`).
-    Attention { causal: bool, scale: f32 },
+    Attention { causal: bool, scale: Float },
     /// `(a, b)` with NumPy broadcasting.
     Add,
     /// `(a, b)` with NumPy broadcasting.
@@ -91,6 +91,21 @@ pub enum Op {
     Dequantize { to: DType },
     /// `(x)`: a result the caller reads back, by the node's name.
     Output,
+    /// A fused kernel made by rewriting: `program` over the operands as its arguments.
+    Fused { program: Program },
+    /// A linear whose result is added to `residual` in the GEMM's epilogue (`C` with β = 1),
+    /// rounded once: operands `(x, w, [x_scale, w_scale,] residual)`.
+    LinearAdd { out: DType },
+}
+
+impl Init {
+    pub fn normal(std: f32) -> Self {
+        Init::Normal { std: Float(std) }
+    }
+
+    pub fn constant(value: f32) -> Self {
+        Init::Const { value: Float(value) }
+    }
 }
 
 impl Op {
@@ -117,6 +132,8 @@ impl Op {
             Op::Quantize { .. } => "quantize",
             Op::Dequantize { .. } => "dequantize",
             Op::Output => "output",
+            Op::Fused { .. } => "fused",
+            Op::LinearAdd { .. } => "linear_add",
         }
     }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::DType;
 
 /// A static shape, outermost dimension first (row-major, like PyTorch).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Shape(pub Vec<usize>);
 
@@ -80,7 +80,7 @@ impl fmt::Display for Shape {
 }
 
 /// What a node produces: an element type and a static shape.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TensorType {
     pub dtype: DType,
     pub shape: Shape,

@@ -136,7 +136,7 @@ impl LlamaConfig {
             Some(vocab) => {
                 let ids = b.input("input_ids", DType::I32, [bs, s])?;
                 b.scoped("embed_tokens", |b| {
-                    let table = b.param("weight", DType::BF16, [vocab, h], Init::Normal { std: INIT_STD })?;
+                    let table = b.param("weight", DType::BF16, [vocab, h], Init::normal(INIT_STD))?;
                     b.embedding(table, ids)
                 })?
             }
@@ -164,11 +164,11 @@ impl LlamaConfig {
 
     fn norm(&self, b: &mut Builder, x: Tensor) -> Result<Tensor, GraphError> {
         let h = self.hidden;
-        let gain = b.param("weight", DType::BF16, [h], Init::Const { value: 1.0 })?;
+        let gain = b.param("weight", DType::BF16, [h], Init::constant(1.0))?;
         match self.norm {
             NormKind::Rms => b.rms_norm(x, gain, self.norm_eps),
             NormKind::Layer => {
-                let bias = b.param("bias", DType::BF16, [h], Init::Const { value: 0.0 })?;
+                let bias = b.param("bias", DType::BF16, [h], Init::constant(0.0))?;
                 b.layer_norm(x, gain, bias, self.norm_eps)
             }
         }
@@ -222,7 +222,7 @@ impl LlamaConfig {
     /// A projection `[.., in] → [.., out]` in the configured precision. FP8 quantizes its input
     /// with `input_scale` and carries the weight's own scale as `weight_scale`.
     fn linear(&self, b: &mut Builder, x: Tensor, out: usize, inp: usize) -> Result<Tensor, GraphError> {
-        let init = Init::Normal { std: INIT_STD };
+        let init = Init::normal(INIT_STD);
         match self.precision {
             Precision::Bf16 => {
                 let w = b.param("weight", DType::BF16, [out, inp], init)?;
@@ -233,9 +233,7 @@ impl LlamaConfig {
                     "input_scale",
                     DType::F32,
                     [],
-                    Init::Const {
-                        value: DEFAULT_ACTIVATION_SCALE,
-                    },
+                    Init::constant(DEFAULT_ACTIVATION_SCALE),
                 )?;
                 let w = b.param("weight", DType::F8E4M3, [out, inp], init)?;
                 let weight = b.graph().node(w).name.clone();

@@ -7,7 +7,7 @@ use thiserror::Error;
 use super::array::{broadcast_strides, gather, Array};
 use super::kernels::{self, AttentionDims};
 use super::numerics::round_slice;
-use crate::ir::{Graph, Node, NodeId, Op, Shape};
+use crate::ir::{Graph, Node, NodeId, Op, Operand, Program, Shape, TensorType};
 
 /// Values for a graph's inputs and params, by binding name.
 pub type Bindings = HashMap<String, Array>;
@@ -45,7 +45,13 @@ pub enum EvalError {
 /// so stored tensors carry exactly the precision they have on the device. Bound values are
 /// rounded to their node's dtype too. Intermediate values are dropped after their last use.
 pub fn evaluate(graph: &Graph, bindings: &Bindings) -> Result<HashMap<String, Array>, EvalError> {
-    let mut remaining_uses: Vec<usize> = graph.ids().map(|id| graph.users(id).len()).collect();
+    // Uses are counted per operand slot: `mul(x, x)` reads x twice.
+    let mut remaining_uses = vec![0usize; graph.len()];
+    for id in graph.ids() {
+        for o in graph.operands(id) {
+            remaining_uses[o.index()] += 1;
+        }
+    }
     let mut values: Vec<Option<Array>> = vec![None; graph.len()];
     let mut outputs = HashMap::new();
     for (id, node) in graph.nodes() {
@@ -58,7 +64,8 @@ pub fn evaluate(graph: &Graph, bindings: &Bindings) -> Result<HashMap<String, Ar
                     .expect("operands are evaluated first and kept until their last use")
             })
             .collect();
-        let mut data = eval_node(id, node, &args, bindings)?;
+        let arg_types: Vec<&TensorType> = operands.iter().map(|&o| &graph.node(o).ty).collect();
+        let mut data = eval_node(id, node, &arg_types, &args, bindings)?;
         round_slice(node.ty.dtype, &mut data);
         let value = Array {
             shape: node.ty.shape.clone(),
@@ -79,36 +86,81 @@ pub fn evaluate(graph: &Graph, bindings: &Bindings) -> Result<HashMap<String, Ar
     Ok(outputs)
 }
 
-fn eval_node(id: NodeId, node: &Node, args: &[&Array], bindings: &Bindings) -> Result<Vec<f32>, EvalError> {
-    let shape = &node.ty.shape;
-    Ok(match &node.op {
+fn eval_node(
+    id: NodeId,
+    node: &Node,
+    arg_types: &[&TensorType],
+    args: &[&Array],
+    bindings: &Bindings,
+) -> Result<Vec<f32>, EvalError> {
+    match &node.op {
         Op::Input { .. } | Op::Param { .. } => {
             let value = bindings.get(&node.name).ok_or_else(|| EvalError::Unbound {
                 node: id,
                 op: node.op.kind(),
                 name: node.name.clone(),
             })?;
-            if value.shape != *shape {
+            if value.shape != node.ty.shape {
                 return Err(EvalError::BindingShape {
                     node: id,
                     op: node.op.kind(),
                     name: node.name.clone(),
-                    expected: shape.clone(),
+                    expected: node.ty.shape.clone(),
                     got: value.shape.clone(),
                 });
             }
-            value.data.clone()
+            Ok(value.data.clone())
         }
+        Op::Fused { program } => fused(id, node, program, arg_types, args),
+        op => compute(id, node, op, &node.ty.shape, args),
+    }
+}
+
+/// Runs a fused program instruction by instruction, rounding each result to its dtype exactly
+/// as the unfused graph rounds each node: fusion changes where values live, not what they are.
+fn fused(
+    id: NodeId,
+    node: &Node,
+    program: &Program,
+    arg_types: &[&TensorType],
+    args: &[&Array],
+) -> Result<Vec<f32>, EvalError> {
+    let types = program
+        .infer(arg_types)
+        .expect("fused nodes are type-checked when added");
+    let mut results: Vec<Array> = Vec::with_capacity(program.instrs.len());
+    for (instr, ty) in program.instrs.iter().zip(types) {
+        let operands: Vec<&Array> = instr
+            .operands
+            .iter()
+            .map(|o| match *o {
+                Operand::Arg(a) => args[a as usize],
+                Operand::Instr(i) => &results[i as usize],
+            })
+            .collect();
+        let mut data = compute(id, node, &instr.op, &ty.shape, &operands)?;
+        round_slice(ty.dtype, &mut data);
+        results.push(Array {
+            shape: ty.shape,
+            data,
+        });
+    }
+    Ok(results.pop().expect("programs are non-empty").data)
+}
+
+/// Evaluates a compute op (anything but a leaf or a fused kernel) without rounding its result.
+fn compute(id: NodeId, node: &Node, op: &Op, shape: &Shape, args: &[&Array]) -> Result<Vec<f32>, EvalError> {
+    Ok(match op {
+        Op::Input { .. } | Op::Param { .. } | Op::Fused { .. } => unreachable!("handled by eval_node"),
         Op::Embedding => embedding(id, node, args[0], args[1])?,
-        Op::RmsNorm { eps } => kernels::rms_norm(&args[0].data, &args[1].data, *eps),
-        Op::LayerNorm { eps } => kernels::layer_norm(&args[0].data, &args[1].data, &args[2].data, *eps),
-        Op::Linear { .. } => {
-            let k = args[0].shape.last();
-            let mut y = kernels::matmul_nt(&args[0].data, &args[1].data, k);
-            if args.len() == 4 {
-                let s = args[2].data[0] * args[3].data[0];
-                y.iter_mut().for_each(|v| *v *= s);
-            }
+        Op::RmsNorm { eps } => kernels::rms_norm(&args[0].data, &args[1].data, eps.get()),
+        Op::LayerNorm { eps } => kernels::layer_norm(&args[0].data, &args[1].data, &args[2].data, eps.get()),
+        Op::Linear { .. } => linear(args),
+        // One rounding of `x·wᵀ·s + residual`, as the GEMM epilogue computes it.
+        Op::LinearAdd { .. } => {
+            let (residual, linear_args) = args.split_last().expect("arity checked");
+            let mut y = linear(linear_args);
+            y.iter_mut().zip(&residual.data).for_each(|(y, r)| *y += r);
             y
         }
         Op::Reshape { .. } | Op::Output => args[0].data.clone(),
@@ -135,11 +187,12 @@ fn eval_node(id: NodeId, node: &Node, args: &[&Array], bindings: &Bindings) -> R
                 d[r - 2],
                 d[r - 1],
                 *style,
-                *theta,
+                theta.get(),
                 *rotary_dim,
             )
         }
         Op::Attention { causal, scale } => {
+            let scale = scale.get();
             let (q, k, v) = (args[0].shape.dims(), args[1].shape.dims(), args[2].shape.dims());
             let dims = AttentionDims {
                 batch: q[0],
@@ -150,7 +203,7 @@ fn eval_node(id: NodeId, node: &Node, args: &[&Array], bindings: &Bindings) -> R
                 head_dim: q[3],
                 v_dim: v[3],
             };
-            kernels::attention(&args[0].data, &args[1].data, &args[2].data, dims, *causal, *scale)
+            kernels::attention(&args[0].data, &args[1].data, &args[2].data, dims, *causal, scale)
         }
         Op::Add => binary(args, shape, |a, b| a + b),
         Op::Mul => binary(args, shape, |a, b| a * b),
@@ -167,6 +220,16 @@ fn eval_node(id: NodeId, node: &Node, args: &[&Array], bindings: &Bindings) -> R
             args[0].data.iter().map(|&x| x * scale).collect()
         }
     })
+}
+
+fn linear(args: &[&Array]) -> Vec<f32> {
+    let k = args[0].shape.last();
+    let mut y = kernels::matmul_nt(&args[0].data, &args[1].data, k);
+    if args.len() == 4 {
+        let s = args[2].data[0] * args[3].data[0];
+        y.iter_mut().for_each(|v| *v *= s);
+    }
+    y
 }
 
 fn embedding(id: NodeId, node: &Node, table: &Array, ids: &Array) -> Result<Vec<f32>, EvalError> {

@@ -1,0 +1,112 @@
+//! Rules as data: a name, a one-line why, and a function proposing equivalent e-nodes.
+//!
+//! Every lancet rule inspects an e-class and proposes e-nodes (or an existing e-class) equal to
+//! it. Attributes such as permutations or slice bounds need arithmetic that patterns cannot
+//! express, so rules are Rust functions; [`Rule::rewrite`] wraps one as an `egg::Rewrite` so the
+//! `Runner` still schedules it, enforces limits and counts how often it fired.
+
+use egg::{Applier, Id, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var};
+
+use super::analysis::{infer_enode, Graph};
+use super::lang::ENode;
+
+/// Something equal to the e-class a rule looked at.
+pub enum Proposal {
+    /// A new e-node (it is type-checked before it is added).
+    Node(ENode),
+    /// An e-class that already exists.
+    Class(Id),
+}
+
+/// A named rewrite rule.
+pub struct Rule {
+    pub name: &'static str,
+    /// The family (one per file in `rules/`).
+    pub family: &'static str,
+    /// Why the rule is sound and why it pays.
+    pub why: &'static str,
+    pub propose: fn(&Graph, Id) -> Vec<Proposal>,
+}
+
+impl Rule {
+    pub fn rewrite(&'static self) -> Rewrite<ENode, super::analysis::Types> {
+        Rewrite::new(self.name, RuleSearcher(self), RuleApplier(self)).expect("rules bind no variables")
+    }
+}
+
+struct RuleSearcher(&'static Rule);
+struct RuleApplier(&'static Rule);
+
+impl Searcher<ENode, super::analysis::Types> for RuleSearcher {
+    fn search_eclass_with_limit(
+        &self,
+        egraph: &Graph,
+        eclass: Id,
+        limit: usize,
+    ) -> Option<SearchMatches<'_, ENode>> {
+        if limit == 0 || (self.0.propose)(egraph, eclass).is_empty() {
+            return None;
+        }
+        Some(SearchMatches {
+            eclass,
+            substs: vec![Subst::default()],
+            ast: None,
+        })
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        Vec::new()
+    }
+}
+
+impl Applier<ENode, super::analysis::Types> for RuleApplier {
+    /// Proposals are recomputed against the e-graph as it is now: earlier applications in the
+    /// same iteration may have changed it since the search.
+    fn apply_one(
+        &self,
+        egraph: &mut Graph,
+        eclass: Id,
+        _subst: &Subst,
+        _ast: Option<&egg::PatternAst<ENode>>,
+        rule: Symbol,
+    ) -> Vec<Id> {
+        let eclass = egraph.find(eclass);
+        let mut changed = Vec::new();
+        for proposal in (self.0.propose)(egraph, eclass) {
+            let id = match proposal {
+                Proposal::Class(id) => id,
+                Proposal::Node(node) => match typed(egraph, &node, eclass) {
+                    Some(()) => egraph.add(node),
+                    None => continue,
+                },
+            };
+            if egraph.union_trusted(eclass, id, rule) {
+                changed.push(egraph.find(eclass));
+            }
+        }
+        changed
+    }
+}
+
+/// `Some` when `node` type-checks and has the type of `eclass`: the guard that keeps ill-typed
+/// rewrites out of the e-graph.
+pub fn typed(egraph: &Graph, node: &ENode, eclass: Id) -> Option<()> {
+    let ty = infer_enode(egraph, node).ok()?;
+    (ty == egraph[eclass].data.ty).then_some(())
+}
+
+/// How many distinct values read e-class `id` (graph outputs count as readers). Fusing a value
+/// into its reader is only free when it has exactly one.
+pub fn consumers(egraph: &Graph, id: Id) -> usize {
+    let id = egraph.find(id);
+    let mut parents: Vec<Id> = egraph[id].parents().map(|p| egraph.find(p)).collect();
+    parents.sort_unstable();
+    parents.dedup();
+    let roots = egraph
+        .analysis
+        .roots
+        .iter()
+        .filter(|&&r| egraph.find(r) == id)
+        .count();
+    parents.len() + roots
+}

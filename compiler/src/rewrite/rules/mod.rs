@@ -1,0 +1,17 @@
+//! The rule families, one per file.
+
+pub mod epilogue;
+pub mod kernel;
+pub mod view;
+
+use super::rule::Rule;
+
+/// Every rule, in the order the runner applies them.
+pub fn all() -> impl Iterator<Item = &'static Rule> {
+    view::RULES.iter().chain(kernel::RULES).chain(epilogue::RULES)
+}
+
+/// The view-algebra rules alone (used when fusion is off).
+pub fn views() -> impl Iterator<Item = &'static Rule> {
+    view::RULES.iter()
+}
