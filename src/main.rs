@@ -21,12 +21,15 @@ struct Cli {
 enum Command {
     /// Show a model graph: summary table, JSON or DOT.
     Graph(cli::graph::GraphArgs),
+    /// Compile a model: rewrite, lower, generate CUDA and build cubins; dump with --dump-kernels.
+    Compile(cli::compile::CompileCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Graph(args) => cli::graph::run(args),
+        Command::Compile(args) => cli::compile::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

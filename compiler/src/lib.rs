@@ -6,7 +6,9 @@
 //! - [`weights`]: deterministic random parameters and inputs;
 //! - [`summary`]: parameter, FLOP and byte counts of a graph.
 
+pub mod codegen;
 pub mod ir;
+pub mod lower;
 pub mod models;
 pub mod reference;
 pub mod rewrite;

@@ -1,5 +1,6 @@
 //! The `lancet` command line: one module per subcommand, plus shared model arguments and tables.
 
+pub mod compile;
 pub mod graph;
 pub mod model;
 pub mod table;

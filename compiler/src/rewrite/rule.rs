@@ -95,18 +95,45 @@ pub fn typed(egraph: &Graph, node: &ENode, eclass: Id) -> Option<()> {
     (ty == egraph[eclass].data.ty).then_some(())
 }
 
-/// How many distinct values read e-class `id` (graph outputs count as readers). Fusing a value
-/// into its reader is only free when it has exactly one.
-pub fn consumers(egraph: &Graph, id: Id) -> usize {
-    let id = egraph.find(id);
-    let mut parents: Vec<Id> = egraph[id].parents().map(|p| egraph.find(p)).collect();
+/// The one value that reads e-class `id`, if exactly one does: fusing a value into its reader is
+/// only free when nothing else needs it materialised.
+///
+/// Parent e-classes over-count readers: once a kernel absorbs a middle op, the producer below is
+/// a child of both the middle op's class and the kernel's. Those are not two readers — any
+/// extraction uses one or the other — so parents that lead, through single readers, up to one
+/// common class count as that one reader. Graph outputs are readers outside the graph.
+pub fn sole_consumer(egraph: &Graph, id: Id) -> Option<Id> {
+    sole_consumer_within(egraph, egraph.find(id), 6)
+}
+
+fn sole_consumer_within(egraph: &Graph, id: Id, depth: usize) -> Option<Id> {
+    if egraph.analysis.roots.iter().any(|&r| egraph.find(r) == id) {
+        return None;
+    }
+    let mut parents: Vec<Id> = egraph[id]
+        .parents()
+        .map(|p| egraph.find(p))
+        .filter(|&p| p != id)
+        .collect();
     parents.sort_unstable();
     parents.dedup();
-    let roots = egraph
-        .analysis
-        .roots
-        .iter()
-        .filter(|&&r| egraph.find(r) == id)
-        .count();
-    parents.len() + roots
+    match parents[..] {
+        [] => None,
+        [only] => Some(only),
+        _ if depth == 0 => None,
+        _ => parents.iter().copied().find(|&top| {
+            parents
+                .iter()
+                .all(|&p| p == top || leads_to(egraph, p, top, depth - 1))
+        }),
+    }
+}
+
+/// Whether following sole readers up from `from` reaches `to`.
+fn leads_to(egraph: &Graph, from: Id, to: Id, depth: usize) -> bool {
+    match sole_consumer_within(egraph, from, depth) {
+        Some(next) if next == to => true,
+        Some(next) if depth > 0 => leads_to(egraph, next, to, depth - 1),
+        _ => false,
+    }
 }

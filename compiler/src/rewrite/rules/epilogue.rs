@@ -5,7 +5,7 @@ use egg::Id;
 use crate::ir::Op;
 use crate::rewrite::analysis::Graph;
 use crate::rewrite::lang::ENode;
-use crate::rewrite::rule::{consumers, Proposal, Rule};
+use crate::rewrite::rule::{sole_consumer, Proposal, Rule};
 
 pub static RULES: &[Rule] = &[Rule {
     name: "gemm-residual",
@@ -23,7 +23,7 @@ fn gemm_residual(egraph: &Graph, id: Id) -> Vec<Proposal> {
         }
         let (a, b) = (node.children[0], node.children[1]);
         for (linear, residual) in [(b, a), (a, b)] {
-            if egraph.find(linear) == egraph.find(residual) || consumers(egraph, linear) != 1 {
+            if egraph.find(linear) == egraph.find(residual) || sole_consumer(egraph, linear).is_none() {
                 continue;
             }
             for inner in &egraph[linear].nodes {

@@ -15,7 +15,7 @@ use egg::Id;
 use crate::ir::{Instr, Op, Operand, Origin, Program};
 use crate::rewrite::analysis::Graph;
 use crate::rewrite::lang::ENode;
-use crate::rewrite::rule::{consumers, Proposal, Rule};
+use crate::rewrite::rule::{sole_consumer, Proposal, Rule};
 
 /// The most instructions one kernel may hold: far above what transformer glue needs, low
 /// enough that a pathological graph cannot grow unbounded programs.
@@ -137,7 +137,10 @@ fn grow(egraph: &Graph, id: Id) -> Vec<Proposal> {
             .enumerate()
             .map(|(i, &child)| {
                 let child = egraph.find(child);
-                if child == id || consumers(egraph, child) != 1 || egraph[child].data.ty.shape != *shape {
+                if child == id
+                    || sole_consumer(egraph, child).is_none()
+                    || egraph[child].data.ty.shape != *shape
+                {
                     return None;
                 }
                 let producer_node = largest_kernel(egraph, child, id)?;

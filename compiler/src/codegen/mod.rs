@@ -1,0 +1,216 @@
+//! Code generation: each unique fused kernel becomes CUDA C++ from a `tera` template.
+//!
+//! A kernel is described by its [`KernelSpec`] — programs, iteration shapes, and how each
+//! argument is laid out in memory — and nothing else: buffer offsets are passed as pointers at
+//! launch, so the eight layers of a model share one spec, one source and one compile. Sources
+//! are named after their content hash, so the same kernel in two models is the same cubin.
+
+mod emit;
+mod templates;
+
+use serde::Serialize;
+
+use crate::ir::{DType, Op, Program};
+use crate::lower::View;
+
+/// How a kernel reads or writes one tensor: element type and strides over the iteration shape
+/// (0 on broadcast axes). Offsets are not part of it; `aligned` says whether the runtime
+/// pointer is a multiple of the vector width, which vector loads rely on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Access {
+    pub dtype: DType,
+    /// The tensor's own shape (before broadcasting).
+    pub shape: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub aligned: bool,
+}
+
+/// One program over one iteration shape: a kernel computes one or more of these.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct JobSpec {
+    pub program: Program,
+    /// The output's shape: one thread per `vec` elements of it (or one block per row).
+    pub shape: Vec<usize>,
+    pub args: Vec<Access>,
+    pub out: Access,
+    /// Elements per thread along the last axis (8 = one 16-byte access of bf16).
+    pub vec: usize,
+}
+
+/// Elements per thread when every access allows it: 8 bf16 = 16 bytes, the widest load.
+pub const VEC: usize = 8;
+
+impl JobSpec {
+    pub fn new(program: Program, args: &[View], out: &View) -> JobSpec {
+        let shape = out.shape.clone();
+        let shape = if shape.is_empty() { vec![1] } else { shape };
+        let embedding_table = |a: usize| {
+            program
+                .instrs
+                .iter()
+                .any(|i| matches!(i.op, Op::Embedding) && i.operands[0] == crate::ir::Operand::Arg(a as u16))
+        };
+        let accesses: Vec<(Access, usize)> = args
+            .iter()
+            .enumerate()
+            .map(|(a, v)| {
+                let strides = if embedding_table(a) {
+                    v.strides.clone()
+                } else if v.shape.len() + 1 == shape.len()
+                    && program.instrs.iter().any(|i| matches!(i.op, Op::Embedding))
+                {
+                    // Embedding ids: one id per row of the output.
+                    let mut s = v.broadcast_to(&shape[..shape.len() - 1]).strides;
+                    s.push(0);
+                    s
+                } else {
+                    v.broadcast_to(&shape).strides
+                };
+                (
+                    Access {
+                        dtype: v.dtype,
+                        shape: v.shape.clone(),
+                        strides,
+                        aligned: false,
+                    },
+                    v.offset,
+                )
+            })
+            .collect();
+        let out_access = Access {
+            dtype: out.dtype,
+            shape: shape.clone(),
+            strides: if out.shape.is_empty() {
+                vec![1]
+            } else {
+                out.strides.clone()
+            },
+            aligned: false,
+        };
+        let mut job = JobSpec {
+            program,
+            shape,
+            args: accesses.iter().map(|(a, _)| a.clone()).collect(),
+            out: out_access,
+            vec: 1,
+        };
+        job.vec = job.pick_vec(&accesses.iter().map(|(_, o)| *o).collect::<Vec<_>>(), out.offset);
+        let v = job.vec;
+        for (access, (_, offset)) in job.args.iter_mut().zip(&accesses) {
+            access.aligned = offset % v == 0;
+        }
+        job.out.aligned = out.offset % v == 0;
+        job
+    }
+
+    /// [`VEC`] when the last axis splits into aligned vectors for every access, else 1.
+    fn pick_vec(&self, offsets: &[usize], out_offset: usize) -> usize {
+        let last = *self.shape.last().expect("shape has at least one axis");
+        let ok = |a: &Access, offset: usize| {
+            let s = *a.strides.last().unwrap_or(&0);
+            s == 0
+                || (s == 1
+                    && offset % VEC == 0
+                    && a.strides.iter().all(|&x| x % VEC == 0 || x == 1 || x == 0))
+        };
+        let rope_ok = self.program.instrs.iter().all(|i| match i.op {
+            // A vector must not straddle the rotated/unrotated boundary or, for NeoX, the halves.
+            Op::Rope {
+                style: crate::ir::RopeStyle::Neox,
+                rotary_dim,
+                ..
+            } => rotary_dim % (2 * VEC) == 0,
+            Op::Rope { rotary_dim, .. } => rotary_dim % VEC == 0,
+            _ => true,
+        });
+        let fits = last % VEC == 0
+            && rope_ok
+            && ok(&self.out, out_offset)
+            && self.args.iter().zip(offsets).all(|(a, &o)| ok(a, o));
+        if fits {
+            VEC
+        } else {
+            1
+        }
+    }
+
+    /// Whether the program reduces along rows (a norm): it then needs the row template.
+    pub fn is_row(&self) -> bool {
+        self.program.instrs.iter().any(|i| i.op.is_row_reduction())
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Everything that determines a kernel's source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct KernelSpec {
+    pub jobs: Vec<JobSpec>,
+}
+
+/// Threads per block of elementwise kernels.
+pub const ELEMENTWISE_BLOCK: usize = 256;
+
+impl KernelSpec {
+    pub fn is_elementwise(&self) -> bool {
+        self.jobs.iter().all(|j| !j.is_row())
+    }
+
+    /// Blocks per job of an elementwise kernel.
+    fn job_blocks(&self) -> Vec<usize> {
+        self.jobs
+            .iter()
+            .map(|j| (j.numel() / j.vec).div_ceil(ELEMENTWISE_BLOCK))
+            .collect()
+    }
+
+    /// Threads per block and vectors per thread of a row kernel over rows of `row` elements.
+    fn row_geometry(job: &JobSpec) -> (usize, usize) {
+        let vectors = job.shape.last().copied().unwrap_or(1) / job.vec;
+        let block = vectors.div_ceil(32).clamp(1, 8) * 32;
+        (block, vectors.div_ceil(block))
+    }
+
+    /// `(grid, block)` for a launch.
+    pub fn launch(&self) -> (u32, u32) {
+        if self.is_elementwise() {
+            (
+                self.job_blocks().iter().sum::<usize>() as u32,
+                ELEMENTWISE_BLOCK as u32,
+            )
+        } else {
+            let job = &self.jobs[0];
+            let rows = job.numel() / job.shape.last().copied().unwrap_or(1);
+            (rows as u32, Self::row_geometry(job).0 as u32)
+        }
+    }
+}
+
+/// A generated kernel: its entry point, CUDA source and the graph nodes it implements.
+#[derive(Clone, Debug, Serialize)]
+pub struct Kernel {
+    /// The `extern "C"` entry point, `<ops>_<content hash>`.
+    pub name: String,
+    /// Which template made it.
+    pub template: &'static str,
+    /// A comment naming the nodes it implements and its program: for people, not the compiler.
+    pub header: String,
+    /// The compilable source (without the header): what the JIT cache keys on.
+    pub body: String,
+    pub spec: KernelSpec,
+    pub nodes: Vec<String>,
+}
+
+impl Kernel {
+    /// The full `.cu` file: header comment and body.
+    pub fn source(&self) -> String {
+        format!("{}\n{}", self.header, self.body)
+    }
+}
+
+/// Generates the source of kernel `spec`, which implements graph `nodes`.
+pub fn generate(spec: KernelSpec, nodes: Vec<String>) -> Kernel {
+    emit::kernel(spec, nodes)
+}

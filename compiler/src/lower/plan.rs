@@ -1,0 +1,234 @@
+//! The plan: what the runtime executes, in order, over which buffers.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::layout::View;
+use crate::ir::DType;
+
+/// Where a buffer's memory comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferKind {
+    /// Bound by name on every run.
+    Input,
+    /// A weight, bound by name once.
+    Param,
+    /// An intermediate, placed in the shared arena at `offset`.
+    Activation,
+    /// A result the caller reads back by name.
+    Output,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Buffer {
+    pub name: String,
+    pub kind: BufferKind,
+    pub dtype: DType,
+    pub elems: usize,
+    /// Byte offset in the arena (activations only, after memory planning).
+    pub offset: Option<usize>,
+}
+
+impl Buffer {
+    pub fn bytes(&self) -> usize {
+        self.elems * self.dtype.size_bytes()
+    }
+}
+
+/// One launch of a generated kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelStep {
+    /// Index into [`Plan::kernels`]: identical kernels (every layer's) share one entry.
+    pub kernel: usize,
+    /// Per job: its input views, in argument order.
+    pub args: Vec<Vec<View>>,
+    /// Per job: the view it writes.
+    pub outs: Vec<View>,
+    /// Per job: the amax slot of each quantize instruction, in program order.
+    pub amax: Vec<Vec<usize>>,
+    /// The graph nodes this launch implements.
+    pub nodes: Vec<String>,
+    pub grid: u32,
+    pub block: u32,
+}
+
+/// `out = x · wᵀ (· x_scale · w_scale) (+ residual)` through cuBLASLt.
+#[derive(Clone, Debug, Serialize)]
+pub struct GemmStep {
+    pub x: View,
+    pub w: View,
+    pub scales: Option<(View, View)>,
+    pub residual: Option<View>,
+    pub out: View,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// Row stride of `x` in elements (the GEMM reads it in place when it is a strided view).
+    pub ldx: usize,
+    pub node: String,
+}
+
+/// Fused flash attention through cuDNN; every operand is a strided `[b, h, s, d]` view.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttentionStep {
+    pub q: View,
+    pub k: View,
+    pub v: View,
+    pub o: View,
+    pub causal: bool,
+    pub scale: f32,
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    Kernel(KernelStep),
+    Gemm(GemmStep),
+    Attention(AttentionStep),
+}
+
+/// A lowered forward pass.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub buffers: Vec<Buffer>,
+    pub steps: Vec<Step>,
+    /// The unique generated kernels, with their CUDA source.
+    pub kernels: Vec<crate::codegen::Kernel>,
+    /// Names of the quantization points whose amax the kernels record, by slot.
+    pub amax_slots: Vec<String>,
+    /// Bytes of the activation arena after liveness-based sharing.
+    pub arena_bytes: usize,
+    /// Bytes the activations would need, each in its own allocation.
+    pub unplanned_bytes: usize,
+}
+
+impl Plan {
+    pub fn kernel_launches(&self) -> usize {
+        self.steps.iter().filter(|s| matches!(s, Step::Kernel(_))).count()
+    }
+
+    pub fn gemms(&self) -> usize {
+        self.steps.iter().filter(|s| matches!(s, Step::Gemm(_))).count()
+    }
+
+    pub fn attentions(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Attention(_)))
+            .count()
+    }
+
+    /// Bytes read and written by every step (each view's elements once per reading step).
+    pub fn bytes_moved(&self) -> usize {
+        let b = |v: &View| v.numel() * v.dtype.size_bytes();
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Kernel(k) => {
+                    k.args
+                        .iter()
+                        .flatten()
+                        .map(|v| {
+                            if v.strides.iter().all(|&s| s == 0) {
+                                0
+                            } else {
+                                b(v)
+                            }
+                        })
+                        .sum::<usize>()
+                        + k.outs.iter().map(b).sum::<usize>()
+                }
+                Step::Gemm(g) => b(&g.x) + b(&g.w) + g.residual.as_ref().map_or(0, b) + b(&g.out),
+                Step::Attention(a) => b(&a.q) + b(&a.k) + b(&a.v) + b(&a.o),
+            })
+            .sum()
+    }
+}
+
+fn view(plan: &Plan, v: &View) -> String {
+    format!(
+        "{}{:?}@{}+{} strides {:?}",
+        v.dtype, v.shape, plan.buffers[v.buffer].name, v.offset, v.strides
+    )
+}
+
+impl fmt::Display for Plan {
+    /// `plan.txt`: buffers with arena offsets, then every step with its views.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "# {} steps: {} kernel launches ({} unique kernels), {} GEMMs, {} attention calls",
+            self.steps.len(),
+            self.kernel_launches(),
+            self.kernels.len(),
+            self.gemms(),
+            self.attentions()
+        )?;
+        writeln!(
+            f,
+            "# arena {} bytes (unplanned {} bytes)\n\n## buffers",
+            self.arena_bytes, self.unplanned_bytes
+        )?;
+        for (i, b) in self.buffers.iter().enumerate() {
+            let place = b.offset.map(|o| format!(" arena+{o}")).unwrap_or_default();
+            writeln!(
+                f,
+                "b{i:<4} {:<10} {:<6} {:>12} B{place}  {}",
+                format!("{:?}", b.kind).to_lowercase(),
+                b.dtype.name(),
+                b.bytes(),
+                b.name
+            )?;
+        }
+        writeln!(f, "\n## steps")?;
+        for (i, step) in self.steps.iter().enumerate() {
+            match step {
+                Step::Kernel(k) => {
+                    let kernel = &self.kernels[k.kernel];
+                    writeln!(
+                        f,
+                        "{i:>4} kernel {} grid {} block {}  [{}]",
+                        kernel.name,
+                        k.grid,
+                        k.block,
+                        k.nodes.join(", ")
+                    )?;
+                    for (job, (args, out)) in k.args.iter().zip(&k.outs).enumerate() {
+                        for (a, v) in args.iter().enumerate() {
+                            writeln!(f, "       job {job} arg{a}: {}", view(self, v))?;
+                        }
+                        writeln!(f, "       job {job} out:  {}", view(self, out))?;
+                    }
+                }
+                Step::Gemm(g) => {
+                    let epilogue = if g.residual.is_some() { " + residual" } else { "" };
+                    writeln!(
+                        f,
+                        "{i:>4} gemm m {} n {} k {}{epilogue}  [{}]",
+                        g.m, g.n, g.k, g.node
+                    )?;
+                    writeln!(f, "       x:   {} (ld {})", view(self, &g.x), g.ldx)?;
+                    writeln!(f, "       w:   {}", view(self, &g.w))?;
+                    if let Some(r) = &g.residual {
+                        writeln!(f, "       c:   {}", view(self, r))?;
+                    }
+                    writeln!(f, "       out: {}", view(self, &g.out))?;
+                }
+                Step::Attention(a) => {
+                    writeln!(
+                        f,
+                        "{i:>4} attention causal {} scale {}  [{}]",
+                        a.causal, a.scale, a.node
+                    )?;
+                    for (name, v) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("o", &a.o)] {
+                        writeln!(f, "       {name}: {}", view(self, v))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

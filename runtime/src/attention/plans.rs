@@ -1,0 +1,146 @@
+//! Plans built once per spec and kept for the process, restored from disk when a previous
+//! process built them: finalizing a fused-attention plan compiles a kernel (about a second on
+//! cuDNN 9.14), restoring its serialized form takes tens of milliseconds.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::graph::sdpa_forward;
+use super::plan::AttentionPlan;
+use super::spec::AttentionSpec;
+use crate::cudnn::{BuildTimes, ExecutionPlan, Handle, Lookup, PlanKey, PlanStore, StoredPlan};
+use crate::device::{Device, DeviceInfo};
+use crate::Result;
+
+/// Where a plan came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanSource {
+    /// Already built in this process.
+    Memory,
+    /// Restored from the on-disk store.
+    Disk,
+    /// Built (and compiled) now.
+    Built,
+}
+
+/// A plan and what it cost to get it.
+pub struct PlanLookup {
+    pub plan: Arc<AttentionPlan>,
+    pub source: PlanSource,
+    /// Wall time of the lookup, whatever its source.
+    pub elapsed: Duration,
+    /// The breakdown of a build ([`PlanSource::Built`] only).
+    pub build: Option<BuildTimes>,
+    /// Cache entries that were not used and why, and failures to write one. Also printed to
+    /// stderr: a rebuilt plan costs a second, which a user should be able to explain.
+    pub warnings: Vec<String>,
+}
+
+/// The attention plans of one device, and the cuDNN handle they execute on.
+pub struct AttentionPlans {
+    handle: Handle,
+    device: DeviceInfo,
+    store: Option<PlanStore>,
+    plans: RefCell<HashMap<AttentionSpec, Arc<AttentionPlan>>>,
+}
+
+impl AttentionPlans {
+    /// Plans for `device`, persisted in `store` when given (usually [`PlanStore::from_env`]).
+    pub fn new(device: &Device, store: Option<PlanStore>) -> Result<Self> {
+        Ok(AttentionPlans {
+            handle: Handle::new(device.stream())?,
+            device: device.info().clone(),
+            store,
+            plans: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The handle plans from here execute on (its stream is the device's stream).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// The plan for `spec`: from memory, else from disk, else built (and stored). Also reserves
+    /// the plan's workspace, so that executing it never allocates (safe under stream capture).
+    pub fn get(&self, spec: &AttentionSpec) -> Result<PlanLookup> {
+        let start = Instant::now();
+        if let Some(plan) = self.plans.borrow().get(spec) {
+            return Ok(PlanLookup {
+                plan: plan.clone(),
+                source: PlanSource::Memory,
+                elapsed: start.elapsed(),
+                build: None,
+                warnings: Vec::new(),
+            });
+        }
+        spec.validate()?;
+        let graph = sdpa_forward(spec);
+        let what = spec.to_string();
+        let key = PlanKey::new(self.handle.library().version(), &self.device, &graph);
+        let mut warnings = Vec::new();
+        let (plan, source, build) = match self.restore(&key, &what, &mut warnings) {
+            Some(plan) => (plan, PlanSource::Disk, None),
+            None => {
+                let (plan, times) = ExecutionPlan::build(&self.handle, &graph, &what)?;
+                self.save(&key, &plan, &mut warnings);
+                (plan, PlanSource::Built, Some(times))
+            }
+        };
+        self.handle.workspace(plan.workspace_size())?;
+        let plan = Arc::new(AttentionPlan::new(*spec, plan, graph.io_uids()));
+        self.plans.borrow_mut().insert(*spec, plan.clone());
+        for warning in &warnings {
+            eprintln!("lancet: warning: {warning}");
+        }
+        Ok(PlanLookup {
+            plan,
+            source,
+            elapsed: start.elapsed(),
+            build,
+            warnings,
+        })
+    }
+
+    fn restore(&self, key: &PlanKey, what: &str, warnings: &mut Vec<String>) -> Option<ExecutionPlan> {
+        let store = self.store.as_ref()?;
+        let path = store.path(key);
+        let problem = match store.load(key) {
+            Lookup::Miss => return None,
+            Lookup::Rejected(reason) => reason,
+            Lookup::Hit(stored) => match ExecutionPlan::from_json(&self.handle, &stored.json, what) {
+                Ok(plan) if plan.engine().index == stored.engine => return Some(plan),
+                Ok(plan) => format!(
+                    "it restored as engine {} but was stored for engine {}",
+                    plan.engine().index,
+                    stored.engine
+                ),
+                Err(e) => format!("cuDNN refused to restore it: {e}"),
+            },
+        };
+        warnings.push(format!(
+            "cuDNN plan cache entry {} for {what} not used: {problem}; rebuilding it",
+            path.display()
+        ));
+        None
+    }
+
+    fn save(&self, key: &PlanKey, plan: &ExecutionPlan, warnings: &mut Vec<String>) {
+        let Some(store) = &self.store else { return };
+        let stored = plan.to_json().map(|json| StoredPlan {
+            engine: plan.engine().index,
+            json,
+        });
+        let written = match stored {
+            Ok(stored) => store.store(key, &stored).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = written {
+            warnings.push(format!(
+                "could not write cuDNN plan cache entry {}: {e}",
+                store.path(key).display()
+            ));
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Where lancet keeps artifacts that outlive a process: cuDNN execution plans today, NVRTC cubins
+//! and cuBLASLt algorithm choices later. Each kind gets its own subfolder of one root.
+//!
+//! The root is, in order: `$LANCET_CACHE_DIR`; `$XDG_CACHE_HOME/lancet`; `$HOME/.cache/lancet`.
+//! Following the XDG base-directory spec, an empty or relative value counts as unset, so a stray
+//! `XDG_CACHE_HOME=` never scatters cache files into the working directory.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Overrides every other location when set to an absolute path.
+pub const ENV_VAR: &str = "LANCET_CACHE_DIR";
+
+/// The cache root for this process's environment, or `None` when no variable gives one.
+pub fn root() -> Option<PathBuf> {
+    resolve(|name| std::env::var_os(name))
+}
+
+/// The folder for one kind of artifact (`"cudnn"`, `"nvrtc"`, …) under [`root`]. Not created here:
+/// writers create it when they first store something, so reading never touches the disk layout.
+pub fn subdir(kind: &str) -> Option<PathBuf> {
+    root().map(|root| root.join(kind))
+}
+
+fn resolve(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let absolute = |name: &str| var(name).map(PathBuf::from).filter(|path| path.is_absolute());
+    absolute(ENV_VAR)
+        .or_else(|| absolute("XDG_CACHE_HOME").map(|xdg| xdg.join("lancet")))
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache").join("lancet")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> Option<PathBuf> {
+        resolve(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        })
+    }
+
+    #[test]
+    fn lancet_variable_wins() {
+        let vars = [(ENV_VAR, "/lc"), ("XDG_CACHE_HOME", "/xdg"), ("HOME", "/home/u")];
+        assert_eq!(with(&vars), Some(PathBuf::from("/lc")));
+    }
+
+    #[test]
+    fn xdg_then_home() {
+        assert_eq!(
+            with(&[("XDG_CACHE_HOME", "/xdg"), ("HOME", "/home/u")]),
+            Some(PathBuf::from("/xdg/lancet"))
+        );
+        assert_eq!(
+            with(&[("HOME", "/home/u")]),
+            Some(PathBuf::from("/home/u/.cache/lancet"))
+        );
+    }
+
+    #[test]
+    fn empty_or_relative_values_count_as_unset() {
+        let vars = [(ENV_VAR, ""), ("XDG_CACHE_HOME", "rel/dir"), ("HOME", "/home/u")];
+        assert_eq!(with(&vars), Some(PathBuf::from("/home/u/.cache/lancet")));
+        assert_eq!(with(&[]), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! cuDNN failures, each carrying the library version that was loaded and the call that failed.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// A cuDNN library version as `cudnnGetVersion` reports it (`91400` is 9.14.0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(pub usize);
+
+impl Version {
+    /// The oldest cuDNN lancet drives: 9.1 is where the frontend's fused flash-attention graphs
+    /// (GQA, strided views) are supported by the backend engines lancet relies on.
+    pub const MINIMUM: Version = Version(90100);
+
+    /// `(major, minor, patch)`. cuDNN 9 encodes `major·10000 + minor·100 + patch`; cuDNN 8 and
+    /// older used `major·1000 + minor·100 + patch`.
+    pub fn parts(self) -> (usize, usize, usize) {
+        let v = self.0;
+        if v >= 90000 {
+            (v / 10000, v / 100 % 100, v % 100)
+        } else {
+            (v / 1000, v / 100 % 10, v % 100)
+        }
+    }
+
+    /// Refuses versions lancet cannot use, saying why.
+    pub fn check_supported(self) -> Result<(), CudnnError> {
+        let reason = if self < Self::MINIMUM {
+            "lancet needs cuDNN 9.1 or newer"
+        } else if (91000..91002).contains(&self.0) {
+            "NVIDIA lists bf16 fused attention forward as broken in 9.10.0 and 9.10.1; use 9.10.2 or newer"
+        } else {
+            return Ok(());
+        };
+        Err(CudnnError::Unsupported { found: self, reason })
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (major, minor, patch) = self.parts();
+        write!(f, "{major}.{minor}.{patch}")
+    }
+}
+
+/// A non-success `cudnnStatus_t`: its code and the library's own name for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub code: i32,
+    pub name: String,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.code)
+    }
+}
+
+#[derive(Clone, Debug, Error)]
+pub enum CudnnError {
+    #[error("cuDNN could not be loaded: none of {candidates} was found (lancet needs cuDNN 9.1 or newer)")]
+    NotFound { candidates: String },
+    #[error("cuDNN {version}: the library has no symbol `{symbol}`")]
+    MissingSymbol { version: String, symbol: &'static str },
+    #[error("cuDNN {found} is not supported: {reason}")]
+    Unsupported { found: Version, reason: &'static str },
+    /// A cuDNN call returned an error. `call` names the function, the descriptor type, the
+    /// attribute and which part of lancet's graph the descriptor stands for.
+    #[error("cuDNN {version}: {call} failed with {status}{}", detail(message))]
+    Call {
+        version: Version,
+        call: String,
+        status: Status,
+        message: String,
+    },
+    /// A graph operation names a tensor the graph does not declare (a graph-builder bug).
+    #[error("graph operation `{op}` refers to tensor uid {uid}, which the graph does not declare")]
+    UnknownTensor { op: String, uid: i64 },
+    /// cuDNN accepted the graph but none of the engine configurations it proposed built a plan.
+    #[error("cuDNN {version}: no engine builds a plan for {graph}; tried: {}", attempts.join("; "))]
+    NoEngine {
+        version: Version,
+        graph: String,
+        attempts: Vec<String>,
+    },
+}
+
+fn detail(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_decode_both_schemes() {
+        assert_eq!(Version(91400).to_string(), "9.14.0");
+        assert_eq!(Version(91902).to_string(), "9.19.2");
+        assert_eq!(Version(8907).to_string(), "8.9.7");
+    }
+
+    #[test]
+    fn old_and_known_bad_versions_are_refused_by_name() {
+        let err = Version(8907).check_supported().unwrap_err().to_string();
+        assert!(
+            err.contains("cuDNN 8.9.7") && err.contains("9.1 or newer"),
+            "{err}"
+        );
+        let err = Version(91001).check_supported().unwrap_err().to_string();
+        assert!(err.contains("9.10.1"), "{err}");
+        assert!(Version(91002).check_supported().is_ok());
+        assert!(Version(91400).check_supported().is_ok());
+    }
+
+    #[test]
+    fn call_errors_name_version_call_and_message() {
+        let err = CudnnError::Call {
+            version: Version(91400),
+            call: "cudnnBackendFinalize on CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR `bmm1`".into(),
+            status: Status {
+                code: 3000,
+                name: "CUDNN_STATUS_NOT_SUPPORTED".into(),
+            },
+            message: "shape mismatch".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "cuDNN 9.14.0: cudnnBackendFinalize on CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR `bmm1` \
+             failed with CUDNN_STATUS_NOT_SUPPORTED (3000): shape mismatch"
+        );
+    }
+}

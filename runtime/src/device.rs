@@ -1,0 +1,106 @@
+//! The CUDA device lancet runs on: its context, the one stream all of lancet's work is queued on,
+//! and a description of the GPU that keys on-disk caches (a plan compiled for one GPU model is
+//! never loaded on another).
+
+use std::fmt;
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaStream, DriverError};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error("no CUDA driver library (libcuda.so) could be loaded")]
+    NoDriver,
+    #[error("CUDA driver: {what} failed: {source}")]
+    Driver {
+        what: &'static str,
+        #[source]
+        source: DriverError,
+    },
+    #[error("no CUDA device {ordinal}: the driver reports {count} device(s)")]
+    NoDevice { ordinal: usize, count: usize },
+}
+
+fn driver(what: &'static str) -> impl FnOnce(DriverError) -> DeviceError {
+    move |source| DeviceError::Driver { what, source }
+}
+
+/// What identifies a GPU for compiled artifacts: its model name, architecture and SM count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub sm_count: i32,
+}
+
+impl DeviceInfo {
+    /// The architecture name NVIDIA's tools use, e.g. `sm_90`.
+    pub fn arch(&self) -> String {
+        format!("sm_{}{}", self.compute_capability.0, self.compute_capability.1)
+    }
+}
+
+impl fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}, {} SMs)", self.name, self.arch(), self.sm_count)
+    }
+}
+
+/// How many CUDA devices this machine has. Never panics: without a loadable driver this is
+/// [`DeviceError::NoDriver`], which is how GPU tests decide to skip themselves.
+pub fn device_count() -> Result<usize, DeviceError> {
+    // SAFETY: only tries to open the library; cudarc's loader would panic if it were absent.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(DeviceError::NoDriver);
+    }
+    let count = CudaContext::device_count().map_err(driver("cuInit / cuDeviceGetCount"))?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
+/// An open device: the primary context and lancet's stream on it.
+///
+/// lancet queues all of its work (copies, kernels, library calls) on this one stream, in
+/// program order, and captures it into CUDA graphs. cudarc's per-buffer event tracking, which
+/// exists to order work across *several* streams, is therefore switched off: it would only add
+/// event records to every launch, and waits on events recorded outside a capture.
+pub struct Device {
+    stream: Arc<CudaStream>,
+    info: DeviceInfo,
+}
+
+impl Device {
+    pub fn open(ordinal: usize) -> Result<Self, DeviceError> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(DeviceError::NoDevice { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver("creating the primary context"))?;
+        // SAFETY: called before this context allocates anything; every buffer lancet makes is
+        // used on `stream` alone (see the type's documentation), so stream order is all the
+        // synchronization there is to manage.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().map_err(driver("cuDeviceGetName"))?,
+            compute_capability: ctx
+                .compute_capability()
+                .map_err(driver("reading the compute capability"))?,
+            sm_count: ctx
+                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(driver("reading the SM count"))?,
+        };
+        Ok(Device { stream, info })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+}

@@ -1,0 +1,230 @@
+//! The on-disk cubin cache.
+//!
+//! An entry is `<key>.cubin` plus `<key>.json`, the key being the SHA-256 of the entry's
+//! signature: the source, architecture, NVRTC version, options and lancet version. The sidecar
+//! repeats the signature and the cubin's own hash, so a mismatched or corrupt entry (a truncated
+//! write, a hand edit, a hash collision) is detected, reported by field, and recompiled — never
+//! loaded.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::nvrtc::PtxasReport;
+
+/// Everything a cubin depends on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    pub source_sha256: String,
+    pub arch: String,
+    pub nvrtc: String,
+    pub options: Vec<String>,
+    pub lancet: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Sidecar {
+    signature: Signature,
+    cubin_sha256: String,
+    report: PtxasReport,
+    log: String,
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Signature {
+    pub fn key(&self) -> String {
+        sha256(
+            serde_json::to_string(self)
+                .expect("signatures serialize")
+                .as_bytes(),
+        )
+    }
+}
+
+/// A cubin cache in one folder.
+pub struct Cache {
+    dir: PathBuf,
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    Hit {
+        cubin: Vec<u8>,
+        report: PtxasReport,
+        log: String,
+    },
+    Miss,
+    /// An entry existed but cannot be trusted; the reason names the field or the corruption.
+    Rejected(String),
+}
+
+impl Cache {
+    pub fn new(dir: PathBuf) -> Self {
+        Cache { dir }
+    }
+
+    fn paths(&self, key: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{key}.cubin")),
+            self.dir.join(format!("{key}.json")),
+        )
+    }
+
+    pub fn get(&self, signature: &Signature) -> Lookup {
+        let (cubin_path, json_path) = self.paths(&signature.key());
+        let Ok(text) = std::fs::read_to_string(&json_path) else {
+            return Lookup::Miss;
+        };
+        let sidecar: Sidecar = match serde_json::from_str(&text) {
+            Ok(s) => s,
+            Err(e) => return Lookup::Rejected(format!("{}: unreadable ({e})", json_path.display())),
+        };
+        if let Some(field) = mismatch(&sidecar.signature, signature) {
+            return Lookup::Rejected(format!("{}: field '{field}' does not match", json_path.display()));
+        }
+        let cubin = match std::fs::read(&cubin_path) {
+            Ok(c) => c,
+            Err(e) => return Lookup::Rejected(format!("{}: {e}", cubin_path.display())),
+        };
+        if sha256(&cubin) != sidecar.cubin_sha256 {
+            return Lookup::Rejected(format!(
+                "{}: contents do not match their recorded hash",
+                cubin_path.display()
+            ));
+        }
+        Lookup::Hit {
+            cubin,
+            report: sidecar.report,
+            log: sidecar.log,
+        }
+    }
+
+    /// Stores an entry; write-then-rename, so a reader never sees half a file.
+    pub fn put(
+        &self,
+        signature: &Signature,
+        cubin: &[u8],
+        report: &PtxasReport,
+        log: &str,
+    ) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let (cubin_path, json_path) = self.paths(&signature.key());
+        let sidecar = Sidecar {
+            signature: signature.clone(),
+            cubin_sha256: sha256(cubin),
+            report: report.clone(),
+            log: log.to_string(),
+        };
+        atomic_write(&cubin_path, cubin)?;
+        atomic_write(
+            &json_path,
+            serde_json::to_string_pretty(&sidecar)
+                .expect("sidecars serialize")
+                .as_bytes(),
+        )
+    }
+}
+
+fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn mismatch(stored: &Signature, wanted: &Signature) -> Option<&'static str> {
+    if stored.source_sha256 != wanted.source_sha256 {
+        Some("source_sha256")
+    } else if stored.arch != wanted.arch {
+        Some("arch")
+    } else if stored.nvrtc != wanted.nvrtc {
+        Some("nvrtc")
+    } else if stored.options != wanted.options {
+        Some("options")
+    } else if stored.lancet != wanted.lancet {
+        Some("lancet")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signature() -> Signature {
+        Signature {
+            source_sha256: sha256(b"kernel"),
+            arch: "sm_90a".into(),
+            nvrtc: "13.5".into(),
+            options: vec!["--std=c++17".into()],
+            lancet: "0.1.0".into(),
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lancet-jit-cache-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn round_trip_and_miss() {
+        let cache = Cache::new(scratch("rt"));
+        let sig = signature();
+        assert!(matches!(cache.get(&sig), Lookup::Miss));
+        let report = PtxasReport {
+            registers: 30,
+            ..Default::default()
+        };
+        cache.put(&sig, b"\x7fELFcubin", &report, "log").unwrap();
+        match cache.get(&sig) {
+            Lookup::Hit { cubin, report: r, .. } => {
+                assert_eq!(cubin, b"\x7fELFcubin");
+                assert_eq!(r, report);
+            }
+            _ => panic!("expected a hit"),
+        }
+        let mut other = sig.clone();
+        other.arch = "sm_80".into();
+        assert!(
+            matches!(cache.get(&other), Lookup::Miss),
+            "another signature is another key"
+        );
+    }
+
+    #[test]
+    fn corrupt_cubin_is_rejected() {
+        let dir = scratch("corrupt");
+        let cache = Cache::new(dir.clone());
+        let sig = signature();
+        cache
+            .put(&sig, b"good bytes", &PtxasReport::default(), "")
+            .unwrap();
+        std::fs::write(dir.join(format!("{}.cubin", sig.key())), b"bad bytes").unwrap();
+        match cache.get(&sig) {
+            Lookup::Rejected(why) => assert!(why.contains("do not match their recorded hash"), "{why}"),
+            _ => panic!("a corrupt cubin must be rejected"),
+        }
+    }
+
+    #[test]
+    fn mismatched_sidecar_names_the_field() {
+        let dir = scratch("mismatch");
+        let cache = Cache::new(dir.clone());
+        let sig = signature();
+        cache.put(&sig, b"bytes", &PtxasReport::default(), "").unwrap();
+        let json = dir.join(format!("{}.json", sig.key()));
+        let text = std::fs::read_to_string(&json).unwrap().replace("13.5", "12.4");
+        std::fs::write(&json, text).unwrap();
+        match cache.get(&sig) {
+            Lookup::Rejected(why) => assert!(why.contains("field 'nvrtc'"), "{why}"),
+            _ => panic!("a mismatched entry must be rejected"),
+        }
+        std::fs::write(&json, "{ not json").unwrap();
+        assert!(matches!(cache.get(&sig), Lookup::Rejected(why) if why.contains("unreadable")));
+    }
+}

@@ -1,0 +1,216 @@
+//! The JIT: generated CUDA source → cubins, through NVRTC, in parallel, with a disk cache.
+
+mod cache;
+mod nvrtc;
+pub mod toolkit;
+
+use std::time::Instant;
+
+use lancet_compiler::codegen::Kernel;
+use thiserror::Error;
+
+pub use cache::{Cache, Lookup, Signature};
+pub use nvrtc::PtxasReport;
+pub use toolkit::Toolkit;
+
+#[derive(Clone, Debug, Error)]
+pub enum JitError {
+    /// NVRTC or the CUDA headers are not installed where lancet looks.
+    #[error("NVRTC is not available: {0}")]
+    Missing(String),
+    #[error("NVRTC: {0}")]
+    Toolkit(String),
+    #[error("NVRTC could not compile kernel {kernel}:\n{context}\nfull log:\n{log}")]
+    Compile {
+        kernel: String,
+        log: String,
+        context: String,
+    },
+    #[error("kernel {kernel} spills registers ({} bytes stored, {} loaded): ptxas log:\n{log}", report.spill_stores, report.spill_loads)]
+    Spill {
+        kernel: String,
+        report: PtxasReport,
+        log: String,
+    },
+}
+
+/// What to compile for.
+#[derive(Clone, Debug)]
+pub struct JitOptions {
+    /// `sm_90a` for an H100 (the default; a present device's own architecture otherwise).
+    pub arch: String,
+    /// Read and write the disk cache.
+    pub cache: bool,
+    /// Fail on register spills (CI does; a spill is a performance bug in a generated kernel).
+    pub deny_spills: bool,
+}
+
+impl Default for JitOptions {
+    fn default() -> Self {
+        JitOptions {
+            arch: "sm_90a".into(),
+            cache: true,
+            deny_spills: true,
+        }
+    }
+}
+
+/// One compiled kernel.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub name: String,
+    pub cubin: Vec<u8>,
+    pub report: PtxasReport,
+    /// NVRTC's program log, with the ptxas report.
+    pub log: String,
+    pub cached: bool,
+    pub ms: f64,
+}
+
+/// The compilation of a plan's kernels.
+#[derive(Clone, Debug)]
+pub struct Compilation {
+    pub kernels: Vec<Compiled>,
+    /// Cache entries that were rejected and recompiled, with why.
+    pub warnings: Vec<String>,
+    pub nvrtc_version: (i32, i32),
+    pub wall_ms: f64,
+}
+
+/// The NVRTC options for `arch` with headers from `include`.
+pub fn options(arch: &str, include: &std::path::Path) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+        format!("--include-path={}", include.display()),
+        "--ptxas-options=-v".into(),
+    ]
+}
+
+/// Compiles every kernel to a cubin (in parallel, cache first).
+pub fn compile(kernels: &[Kernel], opts: &JitOptions) -> Result<Compilation, JitError> {
+    let t0 = Instant::now();
+    let toolkit = toolkit::locate()?;
+    let flags = options(&opts.arch, &toolkit.include_dir);
+    let cache = opts
+        .cache
+        .then(|| crate::cache_dir::subdir("nvrtc").map(Cache::new))
+        .flatten();
+    let (major, minor) = toolkit.nvrtc_version;
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(kernels.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<(usize, Outcome)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(kernel) = kernels.get(i) else { break };
+                        let signature = Signature {
+                            source_sha256: cache::sha256(kernel.body.as_bytes()),
+                            arch: opts.arch.clone(),
+                            nvrtc: format!("{major}.{minor}"),
+                            options: flags
+                                .iter()
+                                .filter(|f| !f.starts_with("--include-path"))
+                                .cloned()
+                                .collect(),
+                            lancet: env!("CARGO_PKG_VERSION").to_string(),
+                        };
+                        done.push((
+                            i,
+                            one(kernel, &flags, &signature, cache.as_ref(), opts.deny_spills),
+                        ));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("compile worker panicked"))
+            .collect()
+    });
+    let mut ordered: Vec<Option<Compiled>> = vec![None; kernels.len()];
+    let mut warnings = Vec::new();
+    for (i, result) in results {
+        let (compiled, warning) = result?;
+        warnings.extend(warning);
+        ordered[i] = Some(compiled);
+    }
+    Ok(Compilation {
+        kernels: ordered
+            .into_iter()
+            .map(|c| c.expect("every kernel compiled"))
+            .collect(),
+        warnings,
+        nvrtc_version: toolkit.nvrtc_version,
+        wall_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// A compiled kernel and, when the cache misbehaved, a warning saying how.
+type Outcome = Result<(Compiled, Option<String>), JitError>;
+
+fn one(
+    kernel: &Kernel,
+    flags: &[String],
+    signature: &Signature,
+    cache: Option<&Cache>,
+    deny_spills: bool,
+) -> Outcome {
+    let t0 = Instant::now();
+    let mut warning = None;
+    if let Some(cache) = cache {
+        match cache.get(signature) {
+            Lookup::Hit { cubin, report, log } => {
+                let compiled = Compiled {
+                    name: kernel.name.clone(),
+                    cubin,
+                    report,
+                    log,
+                    cached: true,
+                    ms: t0.elapsed().as_secs_f64() * 1e3,
+                };
+                return Ok((compiled, None));
+            }
+            Lookup::Rejected(why) => {
+                warning = Some(format!(
+                    "kernel {}: cached cubin rejected, recompiling: {why}",
+                    kernel.name
+                ))
+            }
+            Lookup::Miss => {}
+        }
+    }
+    let file = format!("{}.cu", kernel.name);
+    let cubin = nvrtc::compile(&file, &kernel.body, flags)?;
+    let report = PtxasReport::parse(&cubin.log);
+    if deny_spills && report.spills() {
+        return Err(JitError::Spill {
+            kernel: kernel.name.clone(),
+            report,
+            log: cubin.log,
+        });
+    }
+    if let Some(cache) = cache {
+        if let Err(e) = cache.put(signature, &cubin.image, &report, &cubin.log) {
+            warning = Some(format!(
+                "kernel {}: could not store the cubin in the cache: {e}",
+                kernel.name
+            ));
+        }
+    }
+    let compiled = Compiled {
+        name: kernel.name.clone(),
+        cubin: cubin.image,
+        report,
+        log: cubin.log,
+        cached: false,
+        ms: t0.elapsed().as_secs_f64() * 1e3,
+    };
+    Ok((compiled, warning))
+}

@@ -1,0 +1,77 @@
+//! The compile pipeline, phase by phase: rewrite → lower (with codegen) → NVRTC. Every phase is
+//! timed, so the report attributes each millisecond of compile time to a named phase.
+
+use std::time::Instant;
+
+use lancet_compiler::ir::Graph;
+use lancet_compiler::lower::{lower, Plan};
+use lancet_compiler::rewrite::{optimize, Options, Report};
+use lancet_runtime::jit::{self, Compilation, JitError, JitOptions};
+use serde::Serialize;
+
+/// How to compile.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    pub rewrite: Options,
+    pub jit: JitOptions,
+    /// Compile the kernels with NVRTC (off: codegen only).
+    pub nvrtc: bool,
+    /// When NVRTC is missing, install it with pip into lancet's cache folder.
+    pub fetch: bool,
+}
+
+/// Milliseconds per phase.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phases {
+    pub rewrite_ms: f64,
+    pub lower_codegen_ms: f64,
+    pub nvrtc_ms: f64,
+    pub total_ms: f64,
+}
+
+/// A compiled model: the optimized graph, its plan and kernels, and how compilation went.
+pub struct Compiled {
+    pub optimized: Graph,
+    pub report: Report,
+    pub plan: Plan,
+    /// The cubins, or why NVRTC did not run.
+    pub cubins: Result<Compilation, JitError>,
+    pub phases: Phases,
+}
+
+pub fn compile(graph: &Graph, options: &CompileOptions) -> anyhow::Result<Compiled> {
+    let t0 = Instant::now();
+    let (optimized, report) = optimize(graph, &options.rewrite)?;
+    let t1 = Instant::now();
+    let plan = lower(&optimized)?;
+    let t2 = Instant::now();
+    let cubins = if options.nvrtc {
+        let mut result = jit::compile(&plan.kernels, &options.jit);
+        if options.fetch && matches!(result, Err(JitError::Missing(_))) {
+            jit::toolkit::fetch_with_pip()?;
+            result = jit::compile(&plan.kernels, &options.jit);
+        }
+        result
+    } else {
+        Err(JitError::Missing("not requested (--no-nvrtc)".into()))
+    };
+    if let Err(e @ (JitError::Compile { .. } | JitError::Spill { .. })) = &cubins {
+        // A generated kernel that does not compile, or spills, is a compiler bug: stop here.
+        anyhow::bail!("{e}");
+    }
+    let t3 = Instant::now();
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    let phases = Phases {
+        rewrite_ms: ms(t0, t1),
+        lower_codegen_ms: ms(t1, t2),
+        nvrtc_ms: ms(t2, t3),
+        total_ms: ms(t0, t3),
+    };
+    Ok(Compiled {
+        optimized,
+        report,
+        plan,
+        cubins,
+        phases,
+    })
+}
