@@ -26,8 +26,8 @@ use lancet_runtime::cudnn::{Library, PlanStore};
 use lancet_runtime::device::{self, Device};
 use serde_json::{json, Value};
 
-/// The flag the parent passes to the child process that measures a restore from disk.
-const RESTORE_PROBE: &str = "--restore-probe";
+/// The flag the parent passes to the child processes that measure plan builds and restores.
+const PLAN_PROBE: &str = "--plan-probe";
 
 struct Options {
     json: Option<PathBuf>,
@@ -40,7 +40,7 @@ fn main() {
     let started = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some(RESTORE_PROBE) => restore_probe(Path::new(args.get(1).map_or("", String::as_str)), started),
+        Some(PLAN_PROBE) => plan_probe(Path::new(args.get(1).map_or("", String::as_str)), started),
         _ => parse(&args).and_then(|options| run(&options)),
     };
     if let Err(e) = result {
@@ -115,30 +115,60 @@ fn run(options: &Options) -> Result<()> {
     let cudnn = Library::get()?.version();
     println!("device: {}; cuDNN {cudnn}", device.info());
 
-    let plan_cost = plan_cost(&device, &cases()[0].1)?;
-    let plans = AttentionPlans::new(&device, None)?;
+    // The timed plans use lancet's plan store, as the compiler would (`LANCET_CACHE_DIR`).
+    let plans = AttentionPlans::new(&device, PlanStore::from_env())?;
     let mut rows = Vec::new();
-    for (name, spec) in cases() {
+    for (i, (name, spec)) in cases().into_iter().enumerate() {
         rows.push(time_case(&plans, name, &spec, options, false)?);
-        if name == cases()[0].0 {
+        if i == 0 {
             rows.push(time_case(&plans, name, &spec, options, true)?);
         }
     }
+    let (headline, spec) = cases()[0];
+    let plan_cost = plan_cost(&plans, &spec)?;
 
-    println!("\nplan cost ({}):", cases()[0].0);
-    for (what, key) in [
-        ("first build (graph + heuristics + finalize)", "build_ms"),
-        ("  of which finalize (kernel compilation)", "finalize_ms"),
-        ("restore from disk, fresh process (median)", "restore_ms"),
-        ("fresh process: start to plan ready (median)", "process_ms"),
-        ("lookup in memory (median)", "lookup_ms"),
+    let cold = &plan_cost["cold_build"];
+    let warm = &plan_cost["build_with_cuda_cache"];
+    let number = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!("\nplan cost ({headline}; fresh processes unless noted), ms:");
+    for (what, value) in [
+        ("first build, nothing cached", number(&cold["lookup_ms"])),
+        (
+            "  of which finalize (kernel compilation)",
+            number(&cold["build"]["finalize_ms"]),
+        ),
+        ("first build, CUDA JIT cache filled", number(&warm["lookup_ms"])),
+        (
+            "restore from the plan store (median of 3)",
+            number(&plan_cost["restore_ms"]),
+        ),
+        (
+            "  same, CUDA JIT cache filled",
+            number(&plan_cost["restore_with_cuda_cache_ms"]),
+        ),
+        (
+            "restoring process: context creation",
+            number(&plan_cost["restore_context_ms"]),
+        ),
+        (
+            "restoring process: cuDNN load + handle",
+            number(&plan_cost["restore_handle_ms"]),
+        ),
+        (
+            "restoring process: start to plan ready",
+            number(&plan_cost["restore_process_ms"]),
+        ),
+        (
+            "lookup in memory, same process (median)",
+            number(&plan_cost["lookup_ms"]),
+        ),
     ] {
-        println!(
-            "  {what:<46} {:>10.4} ms",
-            plan_cost[key].as_f64().unwrap_or(f64::NAN)
-        );
+        println!("  {what:<44} {value:>10.4}");
     }
-    println!("  serialized plan {} bytes", plan_cost["plan_bytes"]);
+    println!(
+        "  serialized plan: {} bytes; engine {}",
+        plan_cost["plan_bytes"], cold["engine"]
+    );
     println!(
         "\n{:<28} {:>9} {:>9} {:>9} {:>8}  {:<10} engine",
         "case", "median ms", "min ms", "max ms", "TFLOP/s", "plan"
@@ -147,10 +177,10 @@ fn run(options: &Options) -> Result<()> {
         println!(
             "{:<28} {:>9.4} {:>9.4} {:>9.4} {:>8.1}  {:<10} {}",
             row["case"].as_str().unwrap_or(""),
-            row["median_ms"].as_f64().unwrap_or(f64::NAN),
-            row["min_ms"].as_f64().unwrap_or(f64::NAN),
-            row["max_ms"].as_f64().unwrap_or(f64::NAN),
-            row["tflops"].as_f64().unwrap_or(f64::NAN),
+            number(&row["median_ms"]),
+            number(&row["min_ms"]),
+            number(&row["max_ms"]),
+            number(&row["tflops"]),
             row["plan"].as_str().unwrap_or(""),
             row["engine"].as_str().unwrap_or(""),
         );
@@ -170,68 +200,94 @@ fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// First build into an empty store, restores from it in fresh processes, in-memory lookups.
-fn plan_cost(device: &Device, spec: &AttentionSpec) -> Result<Value> {
-    let dir = std::env::temp_dir().join(format!("lancet-bench-plans-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let plans = AttentionPlans::new(device, Some(PlanStore::new(&dir)))?;
-    let built = plans.get(spec)?;
-    if built.source != PlanSource::Built {
-        bail!("the first lookup in an empty store came from {:?}", built.source);
-    }
-    let times = built.build.clone().unwrap_or_default();
-    let lookups: Vec<f64> = (0..1000)
-        .map(|_| plans.get(spec).map(|l| l.elapsed.as_secs_f64() * 1e3))
-        .collect::<Result<_, _>>()?;
-
+/// What the headline plan costs a process, each number from fresh child processes:
+/// - a first build with nothing cached anywhere (empty plan store, empty CUDA JIT cache, empty
+///   home), then a build with an empty plan store but the CUDA JIT cache the first one filled;
+/// - restores from the plan store, with an empty and with that filled CUDA JIT cache;
+///
+/// and lookups in this process's memory.
+fn plan_cost(plans: &AttentionPlans, spec: &AttentionSpec) -> Result<Value> {
+    let root = std::env::temp_dir().join(format!("lancet-bench-plans-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = |name: &str| root.join(name);
     let exe = std::env::current_exe()?;
-    let mut probes = Vec::new();
-    for _ in 0..3 {
-        let out = Command::new(&exe).arg(RESTORE_PROBE).arg(&dir).output()?;
+    let probe = |store: &str, cuda_cache: &str, expected: PlanSource| -> Result<Value> {
+        let home = dir(&format!("home-{cuda_cache}"));
+        std::fs::create_dir_all(&home)?;
+        let out = Command::new(&exe)
+            .arg(PLAN_PROBE)
+            .arg(dir(store))
+            .env("CUDA_CACHE_PATH", dir(cuda_cache))
+            .env("HOME", &home)
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .output()?;
         if !out.status.success() {
-            bail!("restore probe failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!("plan probe failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        probes.push(serde_json::from_slice::<Value>(&out.stdout).context("restore probe output")?);
-    }
-    let plan_bytes: u64 = std::fs::read_dir(&dir)?
+        let report: Value = serde_json::from_slice(&out.stdout).context("plan probe output")?;
+        if report["source"] != format!("{expected:?}") {
+            bail!("plan probe expected {expected:?}: {report}");
+        }
+        Ok(report)
+    };
+    let cold = probe("store", "cuda-a", PlanSource::Built)?;
+    let warm_cuda_cache = probe("store-2", "cuda-a", PlanSource::Built)?;
+    let restore_cold: Vec<Value> = (0..3)
+        .map(|i| probe("store", &format!("cuda-r{i}"), PlanSource::Disk))
+        .collect::<Result<_>>()?;
+    let restore_warm: Vec<Value> = (0..3)
+        .map(|_| probe("store", "cuda-a", PlanSource::Disk))
+        .collect::<Result<_>>()?;
+    let plan_bytes: u64 = std::fs::read_dir(dir("store"))?
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum();
-    let _ = std::fs::remove_dir_all(&dir);
-    let probe = |key: &str| probes.iter().filter_map(|p| p[key].as_f64()).collect::<Vec<_>>();
+    let _ = std::fs::remove_dir_all(&root);
+
+    let lookups: Vec<f64> = (0..1000)
+        .map(|_| plans.get(spec).map(|l| l.elapsed.as_secs_f64() * 1e3))
+        .collect::<Result<_, _>>()?;
+    let ms =
+        |reports: &[Value], key: &str| reports.iter().filter_map(|r| r[key].as_f64()).collect::<Vec<_>>();
     Ok(json!({
-        "engine": built.plan.engine().to_string(),
-        "build_ms": built.elapsed.as_secs_f64() * 1e3,
-        "graph_ms": times.graph.as_secs_f64() * 1e3,
-        "heuristics_ms": times.heuristics.as_secs_f64() * 1e3,
-        "finalize_ms": times.finalize.as_secs_f64() * 1e3,
-        "rejected_configs": times.rejected,
-        "restore_ms": median(&probe("restore_ms")),
-        "restore_ms_all": probe("restore_ms"),
-        "process_ms": median(&probe("process_ms")),
-        "context_ms_all": probe("context_ms"),
+        "cold_build": cold,
+        "build_with_cuda_cache": warm_cuda_cache,
+        "restore_ms": median(&ms(&restore_cold, "lookup_ms")),
+        "restore_ms_all": ms(&restore_cold, "lookup_ms"),
+        "restore_with_cuda_cache_ms": median(&ms(&restore_warm, "lookup_ms")),
+        "restore_with_cuda_cache_ms_all": ms(&restore_warm, "lookup_ms"),
+        "restore_process_ms": median(&ms(&restore_cold, "process_ms")),
+        "restore_context_ms": median(&ms(&restore_cold, "context_ms")),
+        "restore_handle_ms": median(&ms(&restore_cold, "handle_ms")),
         "lookup_ms": median(&lookups),
         "plan_bytes": plan_bytes,
     }))
 }
 
-/// The child side of [`plan_cost`]: a fresh process restoring the plan from `dir`.
-fn restore_probe(dir: &Path, started: Instant) -> Result<()> {
+/// The child side of [`plan_cost`]: a fresh process getting the headline plan with the plan
+/// store in `dir`.
+fn plan_probe(dir: &Path, started: Instant) -> Result<()> {
     let device = Device::open(0)?;
     let context_ms = started.elapsed().as_secs_f64() * 1e3;
     let plans = AttentionPlans::new(&device, Some(PlanStore::new(dir)))?;
+    let handle_ms = started.elapsed().as_secs_f64() * 1e3 - context_ms;
     let lookup = plans.get(&cases()[0].1)?;
-    if lookup.source != PlanSource::Disk {
-        bail!(
-            "expected a restore from {}, got {:?}: {:?}",
-            dir.display(),
-            lookup.source,
-            lookup.warnings
-        );
-    }
+    let build = lookup.build.as_ref().map(|t| {
+        json!({
+            "graph_ms": t.graph.as_secs_f64() * 1e3,
+            "heuristics_ms": t.heuristics.as_secs_f64() * 1e3,
+            "finalize_ms": t.finalize.as_secs_f64() * 1e3,
+            "rejected_configs": t.rejected,
+        })
+    });
     let report = json!({
-        "restore_ms": lookup.elapsed.as_secs_f64() * 1e3,
+        "source": format!("{:?}", lookup.source),
+        "lookup_ms": lookup.elapsed.as_secs_f64() * 1e3,
+        "build": build,
+        "engine": lookup.plan.engine().to_string(),
+        "warnings": lookup.warnings,
         "context_ms": context_ms,
+        "handle_ms": handle_ms,
         "process_ms": started.elapsed().as_secs_f64() * 1e3,
     });
     println!("{report}");

@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 BUNDLE=gpu-bundle
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-# Every run starts with an empty plan cache, so first-build costs are real.
-LANCET_CACHE_DIR=$(mktemp -d)
+# Each run starts with an empty plan cache (a fresh folder, unless the caller names one).
+LANCET_CACHE_DIR=${LANCET_CACHE_DIR:-$(mktemp -d)}
 export LANCET_CACHE_DIR
 
 results=()
@@ -46,7 +46,7 @@ step torch-attention python3 benches/torch_attention.py --json "$OUT/attention_t
     echo "gpu tests: $(grep -E '^test result' "$OUT/gpu-tests.log" || echo 'no result line')"
     grep -E '^test .* FAILED$' "$OUT/gpu-tests.log"
     echo "attention correctness (rel L2 vs the f32 CPU reference):"
-    grep -E '^check attention' "$OUT/gpu-tests.log" | sed -E 's/^check attention /  /; s/;.*//'
+    grep -oE 'check attention [^;]*' "$OUT/gpu-tests.log" | sed -E 's/^check attention /  /'
     python3 - "$OUT/attention_lancet.json" "$OUT/attention_torch.json" <<'PY'
 import json, sys
 try:
@@ -54,10 +54,13 @@ try:
 except (OSError, ValueError) as e:
     sys.exit(f"no lancet benchmark results: {e}")
 try:
-    torch = {r["case"]: r for r in json.load(open(sys.argv[2]))["cases"]}
+    torch_report = json.load(open(sys.argv[2]))
+    torch = {r["case"]: r for r in torch_report["cases"]}
+    torch_cudnn = torch_report["cudnn"]
 except (OSError, ValueError, KeyError):
-    torch = {}
-print(f"\nattention, {lancet['device']}, lancet on cuDNN {lancet['cudnn']} (median ms per call)")
+    torch, torch_cudnn = {}, "(no results)"
+print(f"\nattention, {lancet['device']}, median ms per call")
+print(f"lancet on cuDNN {lancet['cudnn']}, PyTorch on cuDNN {torch_cudnn}")
 print(f"{'case':<28} {'lancet':>8} {'TFLOP/s':>8} {'torch':>8} {'TFLOP/s':>8} {'lancet/torch':>12}")
 for r in lancet["cases"]:
     t = torch.get(r["case"].replace(" (graph)", ""))
@@ -65,8 +68,10 @@ for r in lancet["cases"]:
     print(f"{r['case']:<28} {r['median_ms']:8.4f} {r['tflops']:8.1f} {tm}")
 c = lancet["plan_cost"]
 print(
-    f"plan: build {c['build_ms']:.0f} ms (finalize {c['finalize_ms']:.0f}), restore in a new process "
-    f"{c['restore_ms']:.1f} ms, lookup {c['lookup_ms'] * 1e3:.2f} us, {c['plan_bytes']} bytes on disk"
+    f"plan ({lancet['cases'][0]['case']}), fresh processes: first build {c['cold_build']['lookup_ms']:.0f} ms "
+    f"(with CUDA's JIT cache filled {c['build_with_cuda_cache']['lookup_ms']:.0f} ms), "
+    f"restore from disk {c['restore_ms']:.1f} ms; in-process lookup {c['lookup_ms'] * 1e3:.2f} us; "
+    f"{c['plan_bytes']} bytes on disk"
 )
 PY
 } 2>&1 | tee "$OUT/summary.txt"

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use lancet_compiler::ir::Graph;
-use lancet_compiler::lower::{lower, Plan};
+use lancet_compiler::lower::{lower_with, LowerOptions, Plan};
 use lancet_compiler::rewrite::{optimize, Options, Report};
 use lancet_runtime::jit::{self, Compilation, JitError, JitOptions};
 use serde::Serialize;
@@ -43,7 +43,8 @@ pub fn compile(graph: &Graph, options: &CompileOptions) -> anyhow::Result<Compil
     let t0 = Instant::now();
     let (optimized, report) = optimize(graph, &options.rewrite)?;
     let t1 = Instant::now();
-    let plan = lower(&optimized)?;
+    let merge_launches = options.rewrite.fusion;
+    let plan = lower_with(&optimized, &LowerOptions { merge_launches })?;
     let t2 = Instant::now();
     let cubins = if options.nvrtc {
         let mut result = jit::compile(&plan.kernels, &options.jit);

@@ -3,6 +3,7 @@
 
 use std::cell::OnceCell;
 use std::path::Path;
+use std::sync::Arc;
 
 use half::bf16;
 use lancet_runtime::attention::{AttentionLayout, AttentionPlan, AttentionPlans, AttentionPointers};
@@ -264,7 +265,7 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn upload(stream: &std::sync::Arc<CudaStream>, case: &Case, inputs: &Inputs) -> Result<Self, Failed> {
+    fn upload(stream: &Arc<CudaStream>, case: &Case, inputs: &Inputs) -> Result<Self, Failed> {
         let inputs = inputs
             .host_buffers(case)
             .iter()
@@ -278,19 +279,14 @@ impl Buffers {
 
     /// Overwrites the inputs in place (same addresses) and poisons the output with NaN, so
     /// that every element the kernel fails to write fails the comparison.
-    fn refill(
-        &mut self,
-        stream: &std::sync::Arc<CudaStream>,
-        case: &Case,
-        inputs: &Inputs,
-    ) -> Result<(), Failed> {
+    fn refill(&mut self, stream: &Arc<CudaStream>, case: &Case, inputs: &Inputs) -> Result<(), Failed> {
         for (dst, host) in self.inputs.iter_mut().zip(inputs.host_buffers(case)) {
             stream.memcpy_htod(&host, dst).map_err(fail)?;
         }
         self.poison(stream)
     }
 
-    fn poison(&mut self, stream: &std::sync::Arc<CudaStream>) -> Result<(), Failed> {
+    fn poison(&mut self, stream: &Arc<CudaStream>) -> Result<(), Failed> {
         let nan = vec![bf16::NAN; self.o.len()];
         stream.memcpy_htod(&nan, &mut self.o).map_err(fail)
     }
@@ -327,7 +323,7 @@ impl Buffers {
     }
 
     /// The output as dense `[B, H, S, D]` f32.
-    fn output(&self, stream: &std::sync::Arc<CudaStream>, case: &Case) -> Result<Vec<f32>, Failed> {
+    fn output(&self, stream: &Arc<CudaStream>, case: &Case) -> Result<Vec<f32>, Failed> {
         stream.synchronize().map_err(fail)?;
         let o = to_f32(&stream.clone_dtoh(&self.o).map_err(fail)?);
         Ok(if case.packed { bshd_to_bhsd(case, &o) } else { o })
@@ -373,7 +369,7 @@ fn cached_in_memory() -> Result<(), Failed> {
     let plans = plans()?;
     let first = plans.get(&HEADLINE.spec()).map_err(fail)?;
     let again = plans.get(&HEADLINE.spec()).map_err(fail)?;
-    if again.source != PlanSource::Memory || !std::sync::Arc::ptr_eq(&first.plan, &again.plan) {
+    if again.source != PlanSource::Memory || !Arc::ptr_eq(&first.plan, &again.plan) {
         return Err(format!(
             "second lookup came from {:?}, not the same plan in memory",
             again.source

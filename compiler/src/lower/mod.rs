@@ -43,8 +43,27 @@ struct Lowering<'g> {
     amax_slots: Vec<String>,
 }
 
+/// Choices lowering leaves to its caller.
+#[derive(Clone, Debug)]
+pub struct LowerOptions {
+    /// Merge adjacent independent elementwise launches into one (off for the one-kernel-per-op
+    /// baseline).
+    pub merge_launches: bool,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions { merge_launches: true }
+    }
+}
+
 /// Lowers `graph` to a plan (and generates the source of its kernels).
 pub fn lower(graph: &Graph) -> Result<Plan, LowerError> {
+    lower_with(graph, &LowerOptions::default())
+}
+
+/// [`lower`] with explicit options.
+pub fn lower_with(graph: &Graph, options: &LowerOptions) -> Result<Plan, LowerError> {
     let mut l = Lowering {
         graph,
         buffers: Vec::new(),
@@ -56,7 +75,9 @@ pub fn lower(graph: &Graph) -> Result<Plan, LowerError> {
     for id in graph.ids() {
         l.values[id.index()] = Some(l.node(id)?);
     }
-    l.merge_horizontal();
+    if options.merge_launches {
+        l.merge_horizontal();
+    }
     l.finish()
 }
 

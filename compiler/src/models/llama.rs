@@ -62,6 +62,9 @@ pub struct LlamaConfig {
     pub norm_eps: f32,
     pub mlp: MlpKind,
     pub precision: Precision,
+    /// The dtype of activations and of every weight that is not FP8: bf16 as the benchmarks run,
+    /// f32 for checks that must not see bf16 rounding.
+    pub dtype: DType,
     pub batch: usize,
     pub seq: usize,
     /// `Some(vocab)` builds a full model (token embedding in, final norm out);
@@ -91,6 +94,7 @@ impl LlamaConfig {
             norm_eps: 1e-5,
             mlp: MlpKind::Swiglu,
             precision: Precision::Fp8,
+            dtype: DType::BF16,
             batch: 2,
             seq: 2048,
             vocab: None,
@@ -127,7 +131,7 @@ impl LlamaConfig {
         self.batch * self.seq
     }
 
-    /// Builds the graph: inputs `hidden_states` (bf16 `[batch, seq, hidden]`) or, for a full
+    /// Builds the graph: inputs `hidden_states` (`[batch, seq, hidden]` in `dtype`) or, for a full
     /// model, `input_ids` (i32 `[batch, seq]`); output `last_hidden_state`.
     pub fn build(&self) -> Result<Graph, GraphError> {
         let mut b = Builder::new();
@@ -136,11 +140,11 @@ impl LlamaConfig {
             Some(vocab) => {
                 let ids = b.input("input_ids", DType::I32, [bs, s])?;
                 b.scoped("embed_tokens", |b| {
-                    let table = b.param("weight", DType::BF16, [vocab, h], Init::normal(INIT_STD))?;
+                    let table = b.param("weight", self.dtype, [vocab, h], Init::normal(INIT_STD))?;
                     b.embedding(table, ids)
                 })?
             }
-            None => b.input("hidden_states", DType::BF16, [bs, s, h])?,
+            None => b.input("hidden_states", self.dtype, [bs, s, h])?,
         };
         for layer in 0..self.layers {
             x = b.scoped(&format!("layers.{layer}"), |b| self.block(b, x))?;
@@ -164,11 +168,11 @@ impl LlamaConfig {
 
     fn norm(&self, b: &mut Builder, x: Tensor) -> Result<Tensor, GraphError> {
         let h = self.hidden;
-        let gain = b.param("weight", DType::BF16, [h], Init::constant(1.0))?;
+        let gain = b.param("weight", self.dtype, [h], Init::constant(1.0))?;
         match self.norm {
             NormKind::Rms => b.rms_norm(x, gain, self.norm_eps),
             NormKind::Layer => {
-                let bias = b.param("bias", DType::BF16, [h], Init::constant(0.0))?;
+                let bias = b.param("bias", self.dtype, [h], Init::constant(0.0))?;
                 b.layer_norm(x, gain, bias, self.norm_eps)
             }
         }
@@ -225,8 +229,8 @@ impl LlamaConfig {
         let init = Init::normal(INIT_STD);
         match self.precision {
             Precision::Bf16 => {
-                let w = b.param("weight", DType::BF16, [out, inp], init)?;
-                b.linear(x, w, DType::BF16)
+                let w = b.param("weight", self.dtype, [out, inp], init)?;
+                b.linear(x, w, self.dtype)
             }
             Precision::Fp8 => {
                 let x_scale = b.param(
@@ -239,7 +243,7 @@ impl LlamaConfig {
                 let weight = b.graph().node(w).name.clone();
                 let w_scale = b.param("weight_scale", DType::F32, [], Init::ScaleOf { weight })?;
                 let xq = b.quantize(x, x_scale, DType::F8E4M3)?;
-                b.linear_fp8(xq, w, x_scale, w_scale, DType::BF16)
+                b.linear_fp8(xq, w, x_scale, w_scale, self.dtype)
             }
         }
     }

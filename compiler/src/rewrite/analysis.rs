@@ -13,6 +13,10 @@ pub struct ClassData {
     pub ty: TensorType,
     /// Names of the graph nodes in this class (provenance for extraction and kernel headers).
     pub names: BTreeSet<String>,
+    /// A topological level: above every operand's, for the first e-node that made the class;
+    /// the least over merged classes. Identity rules (`reshape(x) = x`) make e-graphs cyclic;
+    /// a rule that only builds on classes of strictly lower rank cannot grow around a cycle.
+    pub rank: usize,
 }
 
 /// Types every e-node by the IR's own inference. Rules only propose e-nodes that type-check
@@ -30,18 +34,29 @@ impl Analysis<ENode> for Types {
 
     fn make(egraph: &mut Graph, enode: &ENode, _id: Id) -> ClassData {
         let ty = infer_enode(egraph, enode).unwrap_or_else(|m| panic!("ill-typed e-node {enode:?}: {m}"));
+        let rank = enode
+            .children
+            .iter()
+            .map(|&c| egraph[c].data.rank + 1)
+            .max()
+            .unwrap_or(0);
         ClassData {
             ty,
             names: BTreeSet::new(),
+            rank,
         }
     }
 
     fn merge(&mut self, a: &mut ClassData, b: ClassData) -> DidMerge {
         assert_eq!(a.ty, b.ty, "a rule merged values of different types");
-        let before = a.names.len();
-        let b_len = b.names.len();
+        let (a_names, b_names) = (a.names.len(), b.names.len());
+        let (a_rank, b_rank) = (a.rank, b.rank);
         a.names.extend(b.names);
-        DidMerge(a.names.len() != before, a.names.len() != b_len)
+        a.rank = a_rank.min(b_rank);
+        DidMerge(
+            a.names.len() != a_names || a.rank != a_rank,
+            a.names.len() != b_names || a.rank != b_rank,
+        )
     }
 }
 

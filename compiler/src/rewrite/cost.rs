@@ -6,17 +6,14 @@
 //! (a GEMM's FLOPs, say) never decides anything — but keeping every term makes the printed
 //! estimate an honest forecast that the benchmark can be held against.
 
-use egg::{CostFunction, Id, Language};
-
-use super::analysis::Graph;
-use super::lang::ENode;
 use crate::ir::{Op, TensorType};
 
 /// Device-to-device copy bandwidth measured on the H100 (read + write): 3.0 TB/s = 3.0 B/ns.
 pub const BYTES_PER_NS: f64 = 3.0;
 
 /// Cost of one kernel launch inside a CUDA graph, in ns: PyTorch's best recipe spends 0.27 ms of
-/// gaps across 144 launches in one replayed forward pass (`shared/DEVICE.md`), ≈ 1.9 µs each.
+/// gaps across 144 launches in one replayed forward pass (measured on the project's H100), ≈ 1.9 µs
+/// each.
 pub const LAUNCH_NS: f64 = 1_900.0;
 
 /// FP8 e4m3 GEMM throughput measured through cuBLASLt at 8192³: 1400 TFLOP/s = 1.4e6 FLOP/ns.
@@ -24,9 +21,10 @@ pub const FP8_FLOP_PER_NS: f64 = 1.4e6;
 /// bf16 GEMM throughput measured at 8192³: 780 TFLOP/s.
 pub const BF16_FLOP_PER_NS: f64 = 7.8e5;
 
-/// A hair of cost on generated kernels so that, when fusing gains nothing, the plain op wins
-/// and the extracted graph stays as close to the input as the savings allow.
-const KERNEL_TIE_BREAK_NS: f64 = 1e-3;
+/// A hair of cost on generated kernels and views: when fusing gains nothing the plain op wins,
+/// so the extracted graph stays as close to the input as the savings allow, and of two chains
+/// of views the shorter wins.
+const TIE_BREAK_NS: f64 = 1e-3;
 
 /// Estimated time of an op's own work (operands' production excluded), in ns. `operands` are
 /// in slot order; `read_bytes` counts each distinct operand once.
@@ -36,7 +34,7 @@ pub fn local_cost(op: &Op, out: &TensorType, operands: &[&TensorType], read_byte
         Op::Input { .. } | Op::Param { .. } | Op::Output => 0.0,
         // Views are strided reads of their source (lowering copies only the rare chain that
         // strides cannot express).
-        Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } => 0.0,
+        Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } => TIE_BREAK_NS,
         Op::Linear { .. } | Op::LinearAdd { .. } => {
             let k = operands[0].shape.last() as f64;
             let flops = 2.0 * out.numel() as f64 * k;
@@ -53,35 +51,8 @@ pub fn local_cost(op: &Op, out: &TensorType, operands: &[&TensorType], read_byte
             let flops = 4.0 * pairs * q.last() as f64 * if *causal { 0.5 } else { 1.0 };
             LAUNCH_NS + traffic(0) + flops / BF16_FLOP_PER_NS
         }
-        Op::Fused { .. } => LAUNCH_NS + traffic(0) + KERNEL_TIE_BREAK_NS,
+        Op::Fused { .. } => LAUNCH_NS + traffic(0) + TIE_BREAK_NS,
         // Every other op is its own glue kernel when left unfused.
         _ => LAUNCH_NS + traffic(0),
-    }
-}
-
-/// Tree cost for egg's extractor: a node's own cost plus its children's.
-pub struct TimeCost<'a> {
-    pub egraph: &'a Graph,
-}
-
-impl CostFunction<ENode> for TimeCost<'_> {
-    type Cost = f64;
-
-    fn cost<C>(&mut self, enode: &ENode, mut costs: C) -> f64
-    where
-        C: FnMut(Id) -> f64,
-    {
-        let types: Vec<&TensorType> = enode.children.iter().map(|&c| &self.egraph[c].data.ty).collect();
-        let out = super::analysis::infer_enode(self.egraph, enode).expect("e-nodes are well-typed");
-        // Each distinct operand is read once, however often it appears.
-        let mut distinct: Vec<Id> = enode.children.iter().map(|&c| self.egraph.find(c)).collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let read_bytes = distinct
-            .iter()
-            .map(|&c| self.egraph[c].data.ty.size_bytes())
-            .sum();
-        let own = local_cost(&enode.op, &out, &types, read_bytes);
-        own + enode.fold(0.0, |sum, id| sum + costs(id))
     }
 }

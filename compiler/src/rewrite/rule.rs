@@ -95,6 +95,13 @@ pub fn typed(egraph: &Graph, node: &ENode, eclass: Id) -> Option<()> {
     (ty == egraph[eclass].data.ty).then_some(())
 }
 
+/// Whether every child of `node` ranks strictly below e-class `id` (see `ClassData::rank`):
+/// the guard that keeps growing rules from feeding a class with itself around a cycle.
+pub fn below(egraph: &Graph, node: &ENode, id: Id) -> bool {
+    let rank = egraph[id].data.rank;
+    node.children.iter().all(|&c| egraph[c].data.rank < rank)
+}
+
 /// The one value that reads e-class `id`, if exactly one does: fusing a value into its reader is
 /// only free when nothing else needs it materialised.
 ///
@@ -103,7 +110,7 @@ pub fn typed(egraph: &Graph, node: &ENode, eclass: Id) -> Option<()> {
 /// extraction uses one or the other — so parents that lead, through single readers, up to one
 /// common class count as that one reader. Graph outputs are readers outside the graph.
 pub fn sole_consumer(egraph: &Graph, id: Id) -> Option<Id> {
-    sole_consumer_within(egraph, egraph.find(id), 6)
+    sole_consumer_within(egraph, egraph.find(id), 4)
 }
 
 fn sole_consumer_within(egraph: &Graph, id: Id, depth: usize) -> Option<Id> {
@@ -120,7 +127,8 @@ fn sole_consumer_within(egraph: &Graph, id: Id, depth: usize) -> Option<Id> {
     match parents[..] {
         [] => None,
         [only] => Some(only),
-        _ if depth == 0 => None,
+        // Many readers are many readers; bounding the search keeps it linear.
+        _ if depth == 0 || parents.len() > 4 => None,
         _ => parents.iter().copied().find(|&top| {
             parents
                 .iter()

@@ -199,10 +199,13 @@ mod tests {
         }
     }
 
-    /// Tensors of the graph cuDNN 9.19 reported executing for PyTorch's call with this shape
-    /// (uid, dtype, dims, strides, storage), transcribed from cuDNN's own JSON log.
+    /// One recorded tensor: uid, dtype, dims, strides, storage.
+    type Recorded = (i64, DataType, [i64; 4], [i64; 4], Storage);
+
+    /// Tensors of the graph cuDNN 9.19 reported executing for PyTorch's call with this shape,
+    /// transcribed from cuDNN's own JSON log.
     #[rustfmt::skip]
-    const RECORDED: [(i64, DataType, [i64; 4], [i64; 4], Storage); 19] = {
+    const RECORDED: [Recorded; 19] = {
         use DataType::*;
         use Storage::*;
         const SC: [i64; 4] = [2, 32, 2048, 2048];

@@ -114,9 +114,12 @@ impl AttentionPlan {
                 ));
             }
         }
-        let mut scalars = Box::new([scale, f32::NEG_INFINITY]);
-        let host = |value: &mut f32| value as *mut f32 as *mut c_void;
-        let [scale_ptr, neg_inf_ptr] = scalars.each_mut().map(host);
+        // The by-value scalars cuDNN reads through host pointers at each execution. A `Vec`'s
+        // buffer stays put, and its pointers stay valid, when the `Vec` moves into the call.
+        let mut scalars = vec![scale, f32::NEG_INFINITY];
+        let scale_ptr = scalars.as_mut_ptr();
+        let neg_inf_ptr = scale_ptr.wrapping_add(1).cast::<c_void>();
+        let scale_ptr = scale_ptr.cast::<c_void>();
         let pointers: Vec<*mut c_void> = self
             .io_uids
             .iter()
@@ -126,6 +129,7 @@ impl AttentionPlan {
                 uid::V => v as *mut c_void,
                 uid::O => o as *mut c_void,
                 uid::SCALE => scale_ptr,
+                // The one remaining input of the graph: −∞ for masked scores.
                 _ => neg_inf_ptr,
             })
             .collect();
@@ -145,8 +149,8 @@ pub struct BoundAttention<'a> {
     plan: &'a AttentionPlan,
     handle: &'a Handle,
     pack: VariantPack,
-    /// The by-value softmax scale and −∞ the pack points at (boxed: the addresses must not move).
-    _scalars: Box<[f32; 2]>,
+    /// The by-value softmax scale and −∞ the pack points at.
+    _scalars: Vec<f32>,
 }
 
 impl BoundAttention<'_> {

@@ -91,9 +91,6 @@ impl AttentionPlans {
         self.handle.workspace(plan.workspace_size())?;
         let plan = Arc::new(AttentionPlan::new(*spec, plan, graph.io_uids()));
         self.plans.borrow_mut().insert(*spec, plan.clone());
-        for warning in &warnings {
-            eprintln!("lancet: warning: {warning}");
-        }
         Ok(PlanLookup {
             plan,
             source,
@@ -119,10 +116,11 @@ impl AttentionPlans {
                 Err(e) => format!("cuDNN refused to restore it: {e}"),
             },
         };
-        warnings.push(format!(
+        let message = format!(
             "cuDNN plan cache entry {} for {what} not used: {problem}; rebuilding it",
             path.display()
-        ));
+        );
+        warn(warnings, message);
         None
     }
 
@@ -137,10 +135,32 @@ impl AttentionPlans {
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = written {
-            warnings.push(format!(
+            let message = format!(
                 "could not write cuDNN plan cache entry {}: {e}",
                 store.path(key).display()
-            ));
+            );
+            warn(warnings, message);
         }
+    }
+}
+
+/// Records a warning and prints it at once, so it is seen even if the lookup then fails.
+fn warn(warnings: &mut Vec<String>, message: String) {
+    eprintln!("lancet: warning: {message}");
+    warnings.push(message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The executor may move its plans to another thread and share built plans between
+    /// threads; a handle (and so the registry) is used from one thread at a time.
+    #[test]
+    fn thread_safety_is_what_the_docs_say() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<AttentionPlans>();
+        send_sync::<AttentionPlan>();
     }
 }

@@ -99,10 +99,6 @@ impl Descriptor {
         self.raw
     }
 
-    pub fn library(&self) -> &'static Library {
-        self.lib
-    }
-
     pub fn set<T: AttrValue>(&mut self, attr: Attr, values: &[T]) -> Result<(), CudnnError> {
         // SAFETY: `T::TYPE` matches `T`'s layout; cuDNN copies `values` before returning.
         unsafe { self.set_raw(attr, T::TYPE, values.len(), values.as_ptr().cast()) }
@@ -123,7 +119,7 @@ impl Descriptor {
     }
 
     /// Sets an attribute of type `VOID_PTR`. Storing addresses is harmless; executing a
-    /// descriptor that holds them is where validity matters (see [`Handle::execute`]).
+    /// descriptor that holds them is where validity matters (an `unsafe` execute).
     pub fn set_pointers(&mut self, attr: Attr, values: &[*mut c_void]) -> Result<(), CudnnError> {
         // SAFETY: an array of pointer-sized elements, as `VOID_PTR` expects.
         unsafe {

@@ -9,8 +9,8 @@ use thiserror::Error;
 pub struct Version(pub usize);
 
 impl Version {
-    /// The oldest cuDNN lancet drives: 9.1 is where the frontend's fused flash-attention graphs
-    /// (GQA, strided views) are supported by the backend engines lancet relies on.
+    /// The oldest cuDNN lancet accepts. Its graphs follow what cuDNN 9's own frontend builds;
+    /// cuDNN 8 lacks pieces of them, and 9.0 is untested.
     pub const MINIMUM: Version = Version(90100);
 
     /// `(major, minor, patch)`. cuDNN 9 encodes `major·10000 + minor·100 + patch`; cuDNN 8 and

@@ -126,3 +126,23 @@ fn load() -> Result<Library, CudnnError> {
     });
     Ok(Library { version, api })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs everywhere, CI included: with no cuDNN installed the answer is an error listing the
+    /// file names tried; with one, its version passed the check. Either way, no panic.
+    #[test]
+    fn loading_reports_instead_of_panicking() {
+        match Library::get() {
+            Ok(lib) => assert!(lib.version().check_supported().is_ok()),
+            Err(CudnnError::NotFound { candidates }) => {
+                assert!(candidates.contains("libcudnn.so.9"), "{candidates}");
+                let message = Library::get().err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(message.contains("cuDNN 9.1 or newer"), "{message}");
+            }
+            Err(e) => assert!(e.to_string().starts_with("cuDNN"), "{e}"),
+        }
+    }
+}

@@ -82,11 +82,6 @@ impl EngineInfo {
             behavior_notes,
         })
     }
-
-    /// Whether cuDNN compiles this engine's kernel when the plan is finalized.
-    pub fn is_runtime_compiled(&self) -> bool {
-        self.behavior_notes.contains(&0)
-    }
 }
 
 impl fmt::Display for EngineInfo {
@@ -156,18 +151,17 @@ impl ExecutionPlan {
             let configs = engine_configs(lib, &graph, mode);
             times.heuristics += start.elapsed();
             let (_heuristics, configs) = match configs {
-                Ok((_, configs)) if configs.is_empty() => {
-                    times
-                        .rejected
-                        .push(format!("heuristics {mode:?}: no engine configuration"));
-                    continue;
-                }
                 Ok(found) => found,
                 Err(e) => {
                     times.rejected.push(format!("heuristics {mode:?}: {e}"));
                     continue;
                 }
             };
+            if configs.is_empty() {
+                times
+                    .rejected
+                    .push(format!("heuristics {mode:?}: no engine configuration"));
+            }
             for config in configs {
                 let engine = EngineInfo::of_config(&config)?;
                 let start = Instant::now();
@@ -196,8 +190,9 @@ impl ExecutionPlan {
         })
     }
 
-    /// Restores a plan from [`to_json`](Self::to_json) output. cuDNN checks the representation
-    /// against its own version and the handle's GPU, and refuses what it cannot use.
+    /// Restores a plan from [`to_json`](Self::to_json) output. The representation records the
+    /// cuDNN version and GPU it was built for, which callers should check first (lancet's
+    /// [`PlanStore`](super::PlanStore) does); cuDNN refuses a representation it cannot parse.
     pub fn from_json(handle: &Handle, json: &[u8], what: &str) -> Result<Self, CudnnError> {
         let lib = handle.library();
         let mut plan = Descriptor::new(

@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -112,10 +112,6 @@ impl PlanStore {
     /// The `cudnn/` folder of lancet's [cache directory](crate::cache_dir), if there is one.
     pub fn from_env() -> Option<Self> {
         cache_dir::subdir("cudnn").map(PlanStore::new)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Where the entry for `key` lives.

@@ -5,7 +5,7 @@ use egg::Id;
 use crate::ir::Op;
 use crate::rewrite::analysis::Graph;
 use crate::rewrite::lang::ENode;
-use crate::rewrite::rule::{sole_consumer, Proposal, Rule};
+use crate::rewrite::rule::{below, sole_consumer, Proposal, Rule};
 
 pub static RULES: &[Rule] = &[Rule {
     name: "gemm-residual",
@@ -32,7 +32,10 @@ fn gemm_residual(egraph: &Graph, id: Id) -> Vec<Proposal> {
                 };
                 let mut children = inner.children.clone();
                 children.push(residual);
-                out.push(Proposal::Node(ENode::new(Op::LinearAdd { out: dtype }, children)));
+                let node = ENode::new(Op::LinearAdd { out: dtype }, children);
+                if below(egraph, &node, id) {
+                    out.push(Proposal::Node(node));
+                }
             }
         }
     }

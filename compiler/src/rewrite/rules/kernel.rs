@@ -15,7 +15,7 @@ use egg::Id;
 use crate::ir::{Instr, Op, Operand, Origin, Program};
 use crate::rewrite::analysis::Graph;
 use crate::rewrite::lang::ENode;
-use crate::rewrite::rule::{sole_consumer, Proposal, Rule};
+use crate::rewrite::rule::{below, sole_consumer, Proposal, Rule};
 
 /// The most instructions one kernel may hold: far above what transformer glue needs, low
 /// enough that a pathological graph cannot grow unbounded programs.
@@ -68,7 +68,10 @@ fn seed(egraph: &Graph, id: Id) -> Vec<Proposal> {
                 origin: origin(egraph, id, &node.op),
             }],
         };
-        out.push(Proposal::Node(ENode::new(Op::Fused { program }, args)));
+        let node = ENode::new(Op::Fused { program }, args);
+        if below(egraph, &node, id) {
+            out.push(Proposal::Node(node));
+        }
     }
     out
 }
@@ -116,7 +119,7 @@ fn largest_kernel(egraph: &Graph, id: Id, consumer: Id) -> Option<&ENode> {
     egraph[id]
         .nodes
         .iter()
-        .filter(|n| program(n).is_some() && n.children.iter().all(|&c| egraph.find(c) != consumer))
+        .filter(|n| program(n).is_some() && below(egraph, n, consumer))
         .max_by(|a, b| {
             let (pa, pb) = (program(a).unwrap(), program(b).unwrap());
             pa.instrs.len().cmp(&pb.instrs.len()).then(pb.cmp(pa))
