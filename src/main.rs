@@ -23,6 +23,8 @@ enum Command {
     Graph(cli::graph::GraphArgs),
     /// Compile a model: rewrite, lower, generate CUDA and build cubins; dump with --dump-kernels.
     Compile(cli::compile::CompileCommand),
+    /// Explain the rewrites: rules fired, e-graph growth, stop reason, launches and bytes saved.
+    Explain(cli::explain::ExplainCommand),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Graph(args) => cli::graph::run(args),
         Command::Compile(args) => cli::compile::run(args),
+        Command::Explain(args) => cli::explain::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

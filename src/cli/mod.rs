@@ -1,6 +1,7 @@
 //! The `lancet` command line: one module per subcommand, plus shared model arguments and tables.
 
 pub mod compile;
+pub mod explain;
 pub mod graph;
 pub mod model;
 pub mod table;

@@ -1,0 +1,94 @@
+//! Every generated kernel of every preset compiles with NVRTC for sm_90a, without register
+//! spills. NVRTC runs without a GPU, so CI runs this on every change.
+//!
+//! Own harness (libtest-mimic): where NVRTC is not installed the trials are reported *ignored*
+//! with the reason — except under `CI`, where a missing NVRTC is a failure, since CI installs it.
+
+use std::collections::BTreeMap;
+
+use lancet_compiler::codegen::Kernel;
+use lancet_compiler::lower::{lower_with, LowerOptions};
+use lancet_compiler::models::{LlamaConfig, Precision, PRESETS};
+use lancet_compiler::rewrite::{optimize, Options};
+use lancet_runtime::jit::{self, JitOptions};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// The unique kernels of every preset (2 layers; fp8 and bf16; fusion on and off), by name, with
+/// the configurations that use each.
+fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
+    let mut kernels: BTreeMap<String, (Kernel, Vec<String>)> = BTreeMap::new();
+    for name in PRESETS {
+        for precision in [Precision::Fp8, Precision::Bf16] {
+            for fusion in [true, false] {
+                let mut c = LlamaConfig::preset(name).expect("preset exists");
+                c.layers = 2;
+                c.precision = precision;
+                let graph = c.build().expect("presets build");
+                let (optimized, _) = optimize(
+                    &graph,
+                    &Options {
+                        fusion,
+                        ..Options::default()
+                    },
+                )
+                .expect("rewrites");
+                let plan = lower_with(
+                    &optimized,
+                    &LowerOptions {
+                        merge_launches: fusion,
+                    },
+                )
+                .expect("lowers");
+                let config = format!(
+                    "{name} {precision:?} fusion {}",
+                    if fusion { "on" } else { "off" }
+                );
+                for k in plan.kernels {
+                    kernels
+                        .entry(k.name.clone())
+                        .or_insert_with(|| (k, Vec::new()))
+                        .1
+                        .push(config.clone());
+                }
+            }
+        }
+    }
+    kernels
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let available = jit::toolkit::locate().map(|_| ()).map_err(|e| e.to_string());
+    let required = std::env::var_os("CI").is_some();
+    let trials: Vec<Trial> = all_kernels()
+        .into_iter()
+        .map(|(name, (kernel, configs))| {
+            let ignored = !required && available.is_err();
+            let available = available.clone();
+            Trial::test(format!("sm_90a/{name}"), move || {
+                if let Err(why) = available {
+                    return Err(Failed::from(format!("CI must compile every kernel, but {why}")));
+                }
+                let opts = JitOptions {
+                    arch: "sm_90a".into(),
+                    cache: false,
+                    deny_spills: true,
+                };
+                let compiled = jit::compile(std::slice::from_ref(&kernel), &opts)
+                    .map_err(|e| Failed::from(format!("{e}\n(used by: {})", configs.join("; "))))?;
+                let report = &compiled.kernels[0].report;
+                if report.registers == 0 {
+                    return Err(Failed::from(
+                        "the ptxas report is missing from NVRTC's log".to_string(),
+                    ));
+                }
+                Ok(())
+            })
+            .with_ignored_flag(ignored)
+        })
+        .collect();
+    if let (Err(why), false) = (&available, required) {
+        eprintln!("nvrtc tests: SKIPPED ({} kernels ignored): {why}", trials.len());
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
