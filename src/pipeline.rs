@@ -20,6 +20,18 @@ pub struct CompileOptions {
     pub fetch: bool,
 }
 
+impl Default for CompileOptions {
+    /// Fusion on, sm_90a, cubin cache on, NVRTC fetched with pip when missing.
+    fn default() -> Self {
+        CompileOptions {
+            rewrite: Options::default(),
+            jit: JitOptions::default(),
+            nvrtc: true,
+            fetch: true,
+        }
+    }
+}
+
 /// Milliseconds per phase.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Phases {

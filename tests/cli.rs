@@ -112,3 +112,81 @@ fn bad_arguments_fail_with_a_message() {
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn compile_dumps_kernels_plan_and_graphs() {
+    let dir = scratch("dump");
+    let out = dir.join("kernels");
+    let args = [
+        "compile",
+        "--preset",
+        "llama-3.2-1b",
+        "--layers",
+        "2",
+        "--no-nvrtc",
+        "--dump-kernels",
+    ];
+    let o = lancet(&[&args[..], &[out.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("plan: 10 kernel launches (4 unique kernels), 8 GEMMs, 2 attention calls"),
+        "{text}"
+    );
+    assert!(
+        text.contains("compilation skipped: NVRTC is not available: not requested"),
+        "{text}"
+    );
+    let files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for expected in ["plan.txt", "graph.before.dot", "graph.after.dot"] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "{expected} missing from {files:?}"
+        );
+    }
+    assert_eq!(
+        files.iter().filter(|f| f.ends_with(".cu")).count(),
+        4,
+        "{files:?}"
+    );
+    assert_eq!(
+        files.iter().filter(|f| f.ends_with(".ptxas.txt")).count(),
+        4,
+        "{files:?}"
+    );
+    let plan = std::fs::read_to_string(out.join("plan.txt")).unwrap();
+    assert!(plan.contains("gemm m 4096 n 2048 k 2048 + residual"), "{plan}");
+
+    // A folder with files in it is the user's: not written into without --force.
+    let again = lancet(&[&args[..], &[out.to_str().unwrap()]].concat());
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("the folder is not empty; pass --force"),
+        "{}",
+        stderr(&again)
+    );
+    let forced = lancet(&[&args[..], &[out.to_str().unwrap(), "--force"]].concat());
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn explain_reports_rules_growth_and_savings() {
+    let o = lancet(&["explain", "--preset", "seed-te", "--layers", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("stop reason: saturated"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gemm-residual") && l.contains(" 4 ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("one layer (layers.0)") && l.contains("11 → 5")),
+        "{text}"
+    );
+}
