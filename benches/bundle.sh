@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 BUNDLE=gpu-bundle
 LIMIT_MIB=64
 TARGETS=(
+    "bin:lancet lancet"
     "test:gpu gpu-tests"
     "bench:attention attention-bench"
 )

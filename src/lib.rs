@@ -5,6 +5,7 @@
 //! and holds the [`pipeline`] that runs them in order.
 
 pub mod pipeline;
+pub mod session;
 
 pub use lancet_compiler as compiler;
 pub use lancet_runtime as runtime;

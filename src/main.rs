@@ -25,6 +25,10 @@ enum Command {
     Compile(cli::compile::CompileCommand),
     /// Explain the rewrites: rules fired, e-graph growth, stop reason, launches and bytes saved.
     Explain(cli::explain::ExplainCommand),
+    /// Run one forward pass on the GPU and print its output's statistics.
+    Run(cli::run::RunArgs),
+    /// Compile time by phase and steady-state time on the GPU (CUDA-graph replay and eager).
+    Bench(cli::run::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,8 @@ fn main() -> ExitCode {
         Command::Graph(args) => cli::graph::run(args),
         Command::Compile(args) => cli::compile::run(args),
         Command::Explain(args) => cli::explain::run(args),
+        Command::Run(args) => cli::run::run(args),
+        Command::Bench(args) => cli::run::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -269,6 +269,14 @@ fn llama_layer_fuses_to_five_kernels_four_gemms_one_attention() {
         (a.v.offset, a.v.strides.clone()),
         (2560, vec![6291456, 64, 3072, 1])
     );
+    // One RoPE table serves every layer's Q and K.
+    let tables: Vec<_> = p
+        .buffers
+        .iter()
+        .filter(|b| b.name.starts_with("rope_table"))
+        .collect();
+    assert_eq!(tables.len(), 1);
+    assert_eq!(tables[0].data.as_ref().map(Vec::len), Some(2048 * 64));
 }
 
 #[test]
@@ -493,10 +501,12 @@ fn generated_sources_have_their_anchors() {
         &rope,
         "load<__nv_bfloat16, V, 1>(arg0 + i0 * 6291456 + i1 * 3072 + i2 * 64 + i_last, a0);",
     );
+    // Angles come from the (cos, sin) table lowering uploads: row = position, 32 pairs of 64.
     anchored(
         &rope,
-        "rope_sincos(pos, int(c < 32 ? c : c - 32), 64, 500000.0f, &sn, &cs);",
+        "const float* angles = arg1 + i1 * 64;  // (cos, sin) per pair",
     );
+    anchored(&rope, "const int k = int(c < 32 ? c : c - 32);");
     anchored(
         &rope,
         "store<__nv_bfloat16, V, 1>(out + i0 * 1048576 + i1 * 512 + i2 * 64 + i_last, v0);",

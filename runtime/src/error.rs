@@ -4,8 +4,10 @@
 use thiserror::Error;
 
 use crate::attention::SpecError;
+use crate::cublaslt::CublasLtError;
 use crate::cudnn::CudnnError;
 use crate::device::DeviceError;
+use crate::exec::ExecError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -14,7 +16,11 @@ pub enum Error {
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
     Cudnn(#[from] CudnnError),
+    #[error(transparent)]
+    Cublaslt(#[from] CublasLtError),
     #[error(transparent)]
     AttentionSpec(#[from] SpecError),
     /// A device buffer handed to an op does not fit what the op's plan was built for.

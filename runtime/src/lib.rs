@@ -1,8 +1,11 @@
 //! lancet's runtime: everything that touches the GPU.
 //!
 //! - [`device`]: opening a CUDA device and its stream, and detecting whether there is one;
+//! - [`cublaslt`]: FP8 and bf16 GEMMs (fused residual) through cuBLASLt, autotuned per shape,
+//!   with the choices kept on disk;
 //! - [`cudnn`]: a safe wrapper over cuDNN's backend (graph) API, and its on-disk plan store;
 //! - [`attention`]: fused flash-attention forward through cuDNN, with plans cached per shape;
+//! - [`exec`]: a plan on the device — buffers, weights, launches, CUDA-graph replay;
 //! - [`jit`]: NVRTC compilation of generated kernels to cubins, with a disk cache;
 //! - [`cache_dir`]: where lancet keeps compiled artifacts between processes.
 //!
@@ -12,9 +15,11 @@
 
 pub mod attention;
 pub mod cache_dir;
+pub mod cublaslt;
 pub mod cudnn;
 pub mod device;
 mod error;
+pub mod exec;
 pub mod jit;
 
 pub use cudarc;

@@ -4,4 +4,5 @@ pub mod compile;
 pub mod explain;
 pub mod graph;
 pub mod model;
+pub mod run;
 pub mod table;

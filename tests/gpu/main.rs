@@ -5,11 +5,13 @@
 //! The tests share one device, one stream and one cache of plans, so they run one at a time.
 
 mod attention;
+mod exec;
+mod gemm;
 mod support;
 
 use libtest_mimic::{Arguments, Trial};
 
-const TRIALS: &[fn() -> Vec<Trial>] = &[attention::trials];
+const TRIALS: &[fn() -> Vec<Trial>] = &[attention::trials, exec::trials, gemm::trials];
 
 fn main() {
     let mut args = Arguments::from_args();

@@ -133,15 +133,21 @@ fn body(job: &JobSpec, row: bool, indent: &str) -> Body {
     let types = instr_types(job);
     let rank = job.shape.len();
     let mut amax = 0;
+    // RoPE tables follow the program's own arguments, one per RoPE instruction in order.
+    let mut tables = job.args.len()
+        - job
+            .program
+            .instrs
+            .iter()
+            .filter(|i| matches!(i.op, Op::Rope { .. }))
+            .count();
     for (k, instr) in job.program.instrs.iter().enumerate() {
         let dtype = types[k];
         let ops: Vec<String> = instr.operands.iter().map(|&o| operand(o)).collect();
         line(format!("float v{k}[V];  // {}", instr.op.kind()));
         match &instr.op {
             Op::Rope {
-                style,
-                theta,
-                rotary_dim,
+                style, rotary_dim, ..
             } => {
                 let Operand::Arg(a) = instr.operands[0] else {
                     unreachable!("RoPE reads its input from memory")
@@ -150,8 +156,14 @@ fn body(job: &JobSpec, row: bool, indent: &str) -> Body {
                 let (t, s) = (ctype(access.dtype), last_stride(access));
                 let r = *rotary_dim;
                 let half = r / 2;
+                let table = tables;
+                tables += 1;
                 line("{".into());
-                line(format!("    const float pos = float(i{});", rank - 3));
+                line(format!(
+                    "    const float* angles = arg{table} + i{} * {};  // (cos, sin) per pair",
+                    rank - 3,
+                    r
+                ));
                 line("    float p[V];".into());
                 match style {
                     RopeStyle::Neox => {
@@ -178,11 +190,8 @@ fn body(job: &JobSpec, row: bool, indent: &str) -> Body {
                     RopeStyle::Neox => (format!("c < {half}"), format!("int(c < {half} ? c : c - {half})")),
                     RopeStyle::Gptj => ("(c & 1) == 0".to_string(), "int(c >> 1)".to_string()),
                 };
-                line("            float sn, cs;".into());
-                line(format!(
-                    "            rope_sincos(pos, {k_expr}, {r}, {:?}f, &sn, &cs);",
-                    theta.get()
-                ));
+                line(format!("            const int k = {k_expr};"));
+                line("            const float cs = angles[2 * k], sn = angles[2 * k + 1];".into());
                 line(format!(
                     "            y = ({first}) ? y * cs - p[j] * sn : y * cs + p[j] * sn;"
                 ));

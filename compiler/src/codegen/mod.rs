@@ -44,6 +44,17 @@ impl JobSpec {
     pub fn new(program: Program, args: &[View], out: &View) -> JobSpec {
         let shape = out.shape.clone();
         let shape = if shape.is_empty() { vec![1] } else { shape };
+        // Arguments past the program's own are RoPE tables, read by direct indexing.
+        let arity = program
+            .instrs
+            .iter()
+            .flat_map(|i| &i.operands)
+            .filter_map(|o| match o {
+                crate::ir::Operand::Arg(a) => Some(*a as usize + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
         let embedding_table = |a: usize| {
             program
                 .instrs
@@ -54,7 +65,7 @@ impl JobSpec {
             .iter()
             .enumerate()
             .map(|(a, v)| {
-                let strides = if embedding_table(a) {
+                let strides = if a >= arity || embedding_table(a) {
                     v.strides.clone()
                 } else if v.shape.len() + 1 == shape.len()
                     && program.instrs.iter().any(|i| matches!(i.op, Op::Embedding))
@@ -107,6 +118,9 @@ impl JobSpec {
     fn pick_vec(&self, offsets: &[usize], out_offset: usize) -> usize {
         let last = *self.shape.last().expect("shape has at least one axis");
         let ok = |a: &Access, offset: usize| {
+            if a.strides.len() != self.shape.len() {
+                return true; // tables, indexed directly
+            }
             let s = *a.strides.last().unwrap_or(&0);
             s == 0
                 || (s == 1

@@ -95,8 +95,21 @@ impl<'g> Lowering<'g> {
             dtype,
             elems,
             offset: None,
+            data: None,
         });
         self.buffers.len() - 1
+    }
+
+    /// The rotation table of a RoPE over `seq` positions, shared by every kernel that needs it.
+    fn rope_table(&mut self, seq: usize, rotary_dim: usize, theta: f32) -> View {
+        let name = format!("rope_table.s{seq}.r{rotary_dim}.theta{theta}");
+        let shape = [seq, rotary_dim / 2, 2];
+        if let Some(b) = self.buffers.iter().position(|b| b.name == name) {
+            return View::contiguous(b, DType::F32, &shape);
+        }
+        let b = self.buffer(&name, BufferKind::Constant, DType::F32, seq * rotary_dim);
+        self.buffers[b].data = Some(crate::reference::kernels::rope_table(seq, rotary_dim, theta));
+        View::contiguous(b, DType::F32, &shape)
     }
 
     fn activation(&mut self, name: &str, dtype: DType, shape: &[usize]) -> View {
@@ -280,7 +293,18 @@ impl<'g> Lowering<'g> {
         Ok(out)
     }
 
-    fn kernel(&mut self, name: &str, program: Program, args: Vec<View>, out: View) {
+    fn kernel(&mut self, name: &str, program: Program, mut args: Vec<View>, out: View) {
+        // Each RoPE reads its (cos, sin) table as an extra argument after the program's own.
+        for instr in &program.instrs {
+            if let Op::Rope {
+                theta, rotary_dim, ..
+            } = instr.op
+            {
+                let seq = out.shape[out.shape.len() - 3];
+                let table = self.rope_table(seq, rotary_dim, theta.get());
+                args.push(table);
+            }
+        }
         let amax: Vec<usize> = program
             .instrs
             .iter()

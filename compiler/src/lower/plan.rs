@@ -17,6 +17,8 @@ pub enum BufferKind {
     Param,
     /// An intermediate, placed in the shared arena at `offset`.
     Activation,
+    /// Values lowering computed (RoPE's rotation table), uploaded once with the weights.
+    Constant,
     /// A result the caller reads back by name.
     Output,
 }
@@ -29,6 +31,9 @@ pub struct Buffer {
     pub elems: usize,
     /// Byte offset in the arena (activations only, after memory planning).
     pub offset: Option<usize>,
+    /// The values of a constant buffer.
+    #[serde(skip)]
+    pub data: Option<Vec<f32>>,
 }
 
 impl Buffer {

@@ -63,8 +63,26 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The rotation table RoPE reads: `[seq, rotary_dim / 2, 2]` holding `(cos, sin)` of
+/// `pos · theta^(-2i / rotary_dim)`, computed in f32 as Hugging Face's Llama does. The GPU kernels
+/// read this very table (lowering uploads it), so both sides rotate by identical numbers.
+pub fn rope_table(seq: usize, rotary_dim: usize, theta: f32) -> Vec<f32> {
+    let half = rotary_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dim as f32))
+        .collect();
+    let mut table = Vec::with_capacity(seq * half * 2);
+    for pos in 0..seq {
+        for &f in &inv_freq {
+            let (sin, cos) = (pos as f32 * f).sin_cos();
+            table.extend([cos, sin]);
+        }
+    }
+    table
+}
+
 /// Rotary embedding of `x [..., seq, heads, head_dim]`: the position of a row is its index along
-/// the seq axis. Frequencies and angles are computed in f32 as Hugging Face's Llama does.
+/// the seq axis; angles come from [`rope_table`].
 pub fn rope(
     x: &[f32],
     seq: usize,
@@ -75,16 +93,14 @@ pub fn rope(
     rotary_dim: usize,
 ) -> Vec<f32> {
     let half = rotary_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dim as f32))
-        .collect();
+    let table = rope_table(seq, rotary_dim, theta);
     let mut out = x.to_vec();
     let row = heads * head_dim;
     out.par_chunks_mut(row).enumerate().for_each(|(r, o)| {
-        let pos = (r % seq) as f32;
+        let angles = &table[(r % seq) * half * 2..][..half * 2];
         for head in o.chunks_exact_mut(head_dim) {
-            for (i, &f) in inv_freq.iter().enumerate() {
-                let (sin, cos) = (pos * f).sin_cos();
+            for (i, cs) in angles.chunks_exact(2).enumerate() {
+                let (cos, sin) = (cs[0], cs[1]);
                 let (a, b) = match style {
                     RopeStyle::Neox => (i, i + half),
                     RopeStyle::Gptj => (2 * i, 2 * i + 1),

@@ -1,0 +1,513 @@
+//! Execution: a [`Plan`] made runnable on a device — buffers allocated, weights uploaded,
+//! kernels loaded, library plans built — then run step by step on one stream, or captured once
+//! as a CUDA graph and replayed.
+//!
+//! Every step is resolved to raw device addresses at load time, so running the forward pass is
+//! a loop of launches with no allocation and no host work beyond the calls themselves; that is
+//! also what makes it capturable.
+
+mod host;
+mod memory;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::{CudaFunction, CudaGraph, CudaModule, LaunchConfig, PushKernelArg};
+use lancet_compiler::ir::{DType, Op, Operand};
+use lancet_compiler::lower::{BufferKind, Plan, Step, View};
+use lancet_compiler::reference::{Array, Bindings};
+use thiserror::Error;
+
+use crate::attention::{
+    AttentionLayout, AttentionPlan, AttentionPlans, AttentionPointers, AttentionShape, AttentionSpec,
+};
+use crate::cublaslt::{GemmPlan, GemmPointers, GemmSpec, Gemms, ScalePointers};
+use crate::device::Device;
+use crate::jit::Compilation;
+pub use host::{decode, encode};
+pub use memory::{Buffers, OutOfMemory};
+
+#[derive(Debug, Error)]
+pub enum ExecError {
+    #[error("no value for {kind} '{name}' ({dtype}{shape:?})")]
+    Unbound {
+        kind: &'static str,
+        name: String,
+        dtype: DType,
+        shape: Vec<usize>,
+    },
+    #[error("{kind} '{name}': {problem}")]
+    Binding {
+        kind: &'static str,
+        name: String,
+        problem: String,
+    },
+    #[error("kernel {kernel}: {problem}")]
+    Kernel { kernel: String, problem: String },
+    #[error("step {step} ({what}): {problem}")]
+    Step {
+        step: usize,
+        what: String,
+        problem: String,
+    },
+    #[error(transparent)]
+    OutOfMemory(#[from] memory::OutOfMemory),
+}
+
+/// Time spent making a plan runnable, by phase (for the compile report).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LoadTimes {
+    pub allocate_ms: f64,
+    pub upload_ms: f64,
+    pub modules_ms: f64,
+    pub gemm_tuning_ms: f64,
+    pub attention_plans_ms: f64,
+}
+
+/// One step with its device addresses resolved.
+enum Launch {
+    Kernel {
+        function: CudaFunction,
+        params: Vec<u64>,
+        config: LaunchConfig,
+    },
+    Gemm {
+        plan: Arc<GemmPlan>,
+        pointers: GemmPointers,
+    },
+    Attention {
+        plan: Arc<AttentionPlan>,
+        pointers: AttentionPointers,
+        scale: f32,
+    },
+}
+
+/// A plan loaded on a device.
+pub struct Executable<'d> {
+    device: &'d Device,
+    plan: Plan,
+    buffers: Buffers,
+    launches: Vec<Launch>,
+    attention: AttentionPlans,
+    /// Kept alive for their functions.
+    _modules: Vec<Arc<CudaModule>>,
+    graph: Option<CudaGraph>,
+    pub load_times: LoadTimes,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl<'d> Executable<'d> {
+    /// Allocates the plan's buffers, uploads `params`, loads the cubins and builds (or restores)
+    /// every GEMM and attention plan.
+    pub fn load(
+        device: &'d Device,
+        plan: Plan,
+        cubins: &Compilation,
+        params: &Bindings,
+    ) -> crate::Result<Self> {
+        let mut times = LoadTimes::default();
+        let t = Instant::now();
+        let buffers = Buffers::allocate(device, &plan)?;
+        times.allocate_ms = ms(t);
+
+        let t = Instant::now();
+        for (id, buffer) in plan.buffers.iter().enumerate() {
+            match buffer.kind {
+                BufferKind::Param => {
+                    let value = params.get(&buffer.name).ok_or_else(|| ExecError::Unbound {
+                        kind: "param",
+                        name: buffer.name.clone(),
+                        dtype: buffer.dtype,
+                        shape: vec![buffer.elems],
+                    })?;
+                    buffers.upload(device, id, buffer, value, "param")?;
+                }
+                BufferKind::Constant => {
+                    let data = buffer.data.clone().unwrap_or_default();
+                    let value = Array::new(vec![data.len()], data).expect("sized");
+                    buffers.upload(device, id, buffer, &value, "constant")?;
+                }
+                _ => {}
+            }
+        }
+        device
+            .stream()
+            .synchronize()
+            .map_err(|e| crate::device::DeviceError::Driver {
+                what: "uploading parameters",
+                source: e,
+            })?;
+        times.upload_ms = ms(t);
+
+        let t = Instant::now();
+        let mut modules = Vec::with_capacity(cubins.kernels.len());
+        let mut functions = Vec::with_capacity(cubins.kernels.len());
+        for compiled in &cubins.kernels {
+            let ctx = device.stream().context();
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin.clone()))
+                .map_err(|e| ExecError::Kernel {
+                    kernel: compiled.name.clone(),
+                    problem: format!("cuModuleLoadData failed: {e}"),
+                })?;
+            let function = module
+                .load_function(&compiled.name)
+                .map_err(|e| ExecError::Kernel {
+                    kernel: compiled.name.clone(),
+                    problem: format!("cuModuleGetFunction failed: {e}"),
+                })?;
+            modules.push(module);
+            functions.push(function);
+        }
+        times.modules_ms = ms(t);
+
+        let gemms = Gemms::new(device)?;
+        let attention = AttentionPlans::new(device, crate::cudnn::PlanStore::from_env())?;
+        let mut launches = Vec::with_capacity(plan.steps.len());
+        for (i, step) in plan.steps.iter().enumerate() {
+            let launch = match step {
+                Step::Kernel(k) => {
+                    let mut params = Vec::new();
+                    for ((args, out), amax) in k.args.iter().zip(&k.outs).zip(&k.amax) {
+                        params.extend(args.iter().map(|v| buffers.address(&plan, v)));
+                        params.push(buffers.address(&plan, out));
+                        params.extend(amax.iter().map(|&slot| buffers.amax_address(slot)));
+                    }
+                    Launch::Kernel {
+                        function: functions[k.kernel].clone(),
+                        params,
+                        config: LaunchConfig {
+                            grid_dim: (k.grid, 1, 1),
+                            block_dim: (k.block, 1, 1),
+                            shared_mem_bytes: 0,
+                        },
+                    }
+                }
+                Step::Gemm(g) => {
+                    let t = Instant::now();
+                    let spec = if g.x.dtype.is_fp8() {
+                        GemmSpec::fp8(g.m, g.n, g.k)
+                    } else {
+                        GemmSpec::bf16(g.m, g.n, g.k)
+                    }
+                    .with_ldx(g.ldx)
+                    .with_residual(g.residual.is_some());
+                    let plan_for = gemms.get(&spec).map_err(|e| ExecError::Step {
+                        step: i,
+                        what: format!("gemm '{}'", g.node),
+                        problem: e.to_string(),
+                    })?;
+                    times.gemm_tuning_ms += ms(t);
+                    Launch::Gemm {
+                        plan: plan_for,
+                        pointers: GemmPointers {
+                            x: buffers.address(&plan, &g.x),
+                            w: buffers.address(&plan, &g.w),
+                            scales: g.scales.as_ref().map(|(x, w)| ScalePointers {
+                                x: buffers.address(&plan, x),
+                                w: buffers.address(&plan, w),
+                            }),
+                            residual: g.residual.as_ref().map(|r| buffers.address(&plan, r)),
+                            out: buffers.address(&plan, &g.out),
+                        },
+                    }
+                }
+                Step::Attention(a) => {
+                    let t = Instant::now();
+                    let spec = attention_spec(
+                        a.q.shape.as_slice(),
+                        a.k.shape[1],
+                        [&a.q, &a.k, &a.v, &a.o],
+                        a.causal,
+                    );
+                    spec.validate().map_err(|e| ExecError::Step {
+                        step: i,
+                        what: format!("attention '{}'", a.node),
+                        problem: e.to_string(),
+                    })?;
+                    let lookup = attention.get(&spec)?;
+                    for w in &lookup.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    times.attention_plans_ms += ms(t);
+                    Launch::Attention {
+                        plan: lookup.plan,
+                        pointers: AttentionPointers {
+                            q: buffers.address(&plan, &a.q),
+                            k: buffers.address(&plan, &a.k),
+                            v: buffers.address(&plan, &a.v),
+                            o: buffers.address(&plan, &a.o),
+                        },
+                        scale: a.scale,
+                    }
+                }
+            };
+            launches.push(launch);
+        }
+        Ok(Executable {
+            device,
+            plan,
+            buffers,
+            launches,
+            attention,
+            _modules: modules,
+            graph: None,
+            load_times: times,
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Copies every graph input from `inputs` to the device.
+    pub fn set_inputs(&self, inputs: &Bindings) -> crate::Result<()> {
+        for (id, buffer) in self.plan.buffers.iter().enumerate() {
+            if buffer.kind != BufferKind::Input {
+                continue;
+            }
+            let value = inputs.get(&buffer.name).ok_or_else(|| ExecError::Unbound {
+                kind: "input",
+                name: buffer.name.clone(),
+                dtype: buffer.dtype,
+                shape: vec![buffer.elems],
+            })?;
+            self.buffers.upload(self.device, id, buffer, value, "input")?;
+        }
+        Ok(())
+    }
+
+    /// Fills every output buffer with NaN, so an element the forward pass fails to write shows.
+    pub fn poison_outputs(&self) -> crate::Result<()> {
+        for (id, buffer) in self.plan.buffers.iter().enumerate() {
+            if buffer.kind == BufferKind::Output {
+                let nan = Array::new(vec![buffer.elems], vec![f32::NAN; buffer.elems]).expect("sized");
+                self.buffers.upload(self.device, id, buffer, &nan, "output")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the forward pass on the stream, launch by launch.
+    pub fn launch_all(&self) -> crate::Result<()> {
+        let stream = self.device.stream();
+        for (i, launch) in self.launches.iter().enumerate() {
+            match launch {
+                Launch::Kernel {
+                    function,
+                    params,
+                    config,
+                } => {
+                    let mut builder = stream.launch_builder(function);
+                    for p in params {
+                        builder.arg(p);
+                    }
+                    // SAFETY: the parameters are the device addresses and launch geometry the
+                    // kernel was generated for, into buffers this executable owns.
+                    unsafe { builder.launch(*config) }.map_err(|e| ExecError::Step {
+                        step: i,
+                        what: "kernel".into(),
+                        problem: e.to_string(),
+                    })?;
+                }
+                Launch::Gemm { plan, pointers } => {
+                    // SAFETY: the addresses are views of buffers this executable owns, sized by
+                    // lowering for exactly this GEMM; the output is a fresh buffer.
+                    unsafe { plan.launch(stream, pointers) }?;
+                }
+                Launch::Attention {
+                    plan,
+                    pointers,
+                    scale,
+                } => {
+                    // SAFETY: as for GEMMs; attention's output never aliases its inputs (lowering
+                    // gives it a fresh buffer).
+                    let call = unsafe { plan.bind(self.attention.handle(), *pointers, *scale) }?;
+                    call.execute()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the forward pass: the captured graph if there is one, launch by launch otherwise.
+    pub fn run(&self) -> crate::Result<()> {
+        match &self.graph {
+            Some(graph) => graph.launch().map_err(|e| {
+                crate::Error::from(crate::device::DeviceError::Driver {
+                    what: "cuGraphLaunch",
+                    source: e,
+                })
+            }),
+            None => self.launch_all(),
+        }
+    }
+
+    /// Captures the forward pass into a CUDA graph; later [`run`](Self::run)s replay it. Run the
+    /// pass once uncaptured first (libraries set up lazily on their first call).
+    pub fn capture(&mut self) -> crate::Result<f64> {
+        let t = Instant::now();
+        let stream = self.device.stream().clone();
+        let driver = |what| move |e| crate::device::DeviceError::Driver { what, source: e };
+        stream
+            .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(driver("cuStreamBeginCapture"))?;
+        let launched = self.launch_all();
+        let graph = stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .map_err(driver("cuStreamEndCapture"))?;
+        launched?;
+        let graph = graph.ok_or_else(|| ExecError::Step {
+            step: 0,
+            what: "capture".into(),
+            problem: "the captured graph is empty".into(),
+        })?;
+        graph.upload().map_err(driver("cuGraphUpload"))?;
+        self.graph = Some(graph);
+        Ok(ms(t))
+    }
+
+    pub fn synchronize(&self) -> crate::Result<()> {
+        self.device.stream().synchronize().map_err(|e| {
+            crate::device::DeviceError::Driver {
+                what: "synchronizing the stream",
+                source: e,
+            }
+            .into()
+        })
+    }
+
+    /// Times `runs` forward passes (after `warmup` untimed ones) with CUDA events around each,
+    /// in milliseconds: replays of the captured graph, or (`replay` false, or nothing captured)
+    /// launch by launch.
+    pub fn time(&self, warmup: usize, runs: usize, replay: bool) -> crate::Result<Vec<f64>> {
+        let driver =
+            |what| move |e| crate::Error::from(crate::device::DeviceError::Driver { what, source: e });
+        let pass = || if replay { self.run() } else { self.launch_all() };
+        for _ in 0..warmup {
+            pass()?;
+        }
+        let stream = self.device.stream();
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut events = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let start = stream.record_event(flags).map_err(driver("cuEventRecord"))?;
+            pass()?;
+            let end = stream.record_event(flags).map_err(driver("cuEventRecord"))?;
+            events.push((start, end));
+        }
+        self.synchronize()?;
+        events
+            .iter()
+            .map(|(start, end)| {
+                start
+                    .elapsed_ms(end)
+                    .map(f64::from)
+                    .map_err(driver("cuEventElapsedTime"))
+            })
+            .collect()
+    }
+
+    /// Every output, by name, as f32 values.
+    pub fn outputs(&self) -> crate::Result<HashMap<String, Array>> {
+        let mut out = HashMap::new();
+        for (id, buffer) in self.plan.buffers.iter().enumerate() {
+            if buffer.kind == BufferKind::Output {
+                let values = self.buffers.download(self.device, id, buffer)?;
+                out.insert(
+                    buffer.name.clone(),
+                    Array::new(vec![buffer.elems], values).expect("sized"),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The amax each quantizing kernel recorded, by slot (see [`Plan::amax_slots`]).
+    pub fn amax(&self) -> crate::Result<Vec<f32>> {
+        self.buffers.download_amax(self.device)
+    }
+
+    /// Zeroes the recorded amax values.
+    pub fn reset_amax(&self) -> crate::Result<()> {
+        self.buffers.reset_amax(self.device)
+    }
+
+    /// Sets each activation scale to `amax / max_finite` from the amax its quantizing kernel
+    /// recorded in the last run (delayed scaling; run twice from the defaults to calibrate).
+    /// Returns the new scales by param name.
+    pub fn rescale_from_amax(&self) -> crate::Result<Vec<(String, f32)>> {
+        let amax = self.amax()?;
+        let mut scales: HashMap<usize, (String, f32, f32)> = HashMap::new();
+        for (slot, &(scale_buffer, to)) in self.amax_targets().iter().enumerate() {
+            let max = lancet_compiler::reference::numerics::fp8_max(to).expect("quantize targets FP8");
+            let entry = scales
+                .entry(scale_buffer)
+                .or_insert_with(|| (self.plan.buffers[scale_buffer].name.clone(), 0.0, max));
+            entry.1 = entry.1.max(amax[slot]);
+        }
+        let mut out = Vec::new();
+        for (buffer, (name, amax, max)) in scales {
+            // A quantization point that saw only zeros keeps a harmless unit scale.
+            let scale = if amax > 0.0 && amax.is_finite() {
+                amax / max
+            } else {
+                1.0
+            };
+            let value = Array::scalar(scale);
+            self.buffers
+                .upload(self.device, buffer, &self.plan.buffers[buffer], &value, "param")?;
+            out.push((name, scale));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// For every amax slot: the scale buffer its quantize divides by, and the FP8 type.
+    fn amax_targets(&self) -> Vec<(usize, DType)> {
+        let mut targets = vec![(usize::MAX, DType::F8E4M3); self.plan.amax_slots.len()];
+        for step in &self.plan.steps {
+            let Step::Kernel(k) = step else { continue };
+            let kernel = &self.plan.kernels[k.kernel];
+            for ((job, args), slots) in kernel.spec.jobs.iter().zip(&k.args).zip(&k.amax) {
+                let quantizes = job
+                    .program
+                    .instrs
+                    .iter()
+                    .filter_map(|i| match (&i.op, i.operands.get(1)) {
+                        (Op::Quantize { to }, Some(Operand::Arg(a))) => Some((args[*a as usize].buffer, *to)),
+                        _ => None,
+                    });
+                for (&slot, target) in slots.iter().zip(quantizes) {
+                    targets[slot] = target;
+                }
+            }
+        }
+        targets
+    }
+}
+
+/// The attention spec of a step: dims from the views, strides as they lie in memory.
+fn attention_spec(q_shape: &[usize], kv_heads: usize, views: [&View; 4], causal: bool) -> AttentionSpec {
+    let strides = |v: &View| [v.strides[0], v.strides[1], v.strides[2], v.strides[3]];
+    AttentionSpec {
+        shape: AttentionShape {
+            batch: q_shape[0],
+            q_heads: q_shape[1],
+            kv_heads,
+            seq_len: q_shape[2],
+            head_dim: q_shape[3],
+        },
+        layout: AttentionLayout {
+            q: strides(views[0]),
+            k: strides(views[1]),
+            v: strides(views[2]),
+            o: strides(views[3]),
+        },
+        causal,
+    }
+}

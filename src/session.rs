@@ -1,0 +1,103 @@
+//! A compiled model loaded on a GPU, with weights, calibrated FP8 scales and inputs: what
+//! `lancet run` and `lancet bench` drive, and what the GPU tests check against the reference.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use lancet_compiler::ir::Graph;
+use lancet_compiler::reference::Bindings;
+use lancet_compiler::weights::{random_inputs, random_params};
+use lancet_runtime::device::Device;
+use lancet_runtime::exec::Executable;
+
+use crate::pipeline::{compile, CompileOptions, Compiled};
+
+/// The NVRTC target for a device: `sm_90a` (architecture-specific features) on Hopper, plain
+/// `sm_XY` elsewhere.
+pub fn arch_of(device: &Device) -> String {
+    let (major, minor) = device.info().compute_capability;
+    if (major, minor) == (9, 0) {
+        "sm_90a".into()
+    } else {
+        format!("sm_{major}{minor}")
+    }
+}
+
+/// Milliseconds of getting from a compiled plan to a ready forward pass.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReadyTimes {
+    pub weights_ms: f64,
+    pub load: lancet_runtime::exec::LoadTimes,
+    pub calibrate_ms: f64,
+    pub capture_ms: f64,
+}
+
+pub struct Session<'d> {
+    pub compiled: Compiled,
+    pub exe: Executable<'d>,
+    /// The parameters the device holds (activation scales after calibration).
+    pub params: Bindings,
+    pub inputs: Bindings,
+    pub ready: ReadyTimes,
+}
+
+/// How to get a session ready.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub compile: CompileOptions,
+    /// Seed of the random weights and inputs.
+    pub seed: u64,
+    /// Delayed-scaling passes that set each FP8 activation scale from the amax its quantizing
+    /// kernel recorded (0: keep the graph's default scales).
+    pub calibration_passes: usize,
+    /// Capture the forward pass as a CUDA graph and replay it.
+    pub cuda_graph: bool,
+}
+
+/// Compiles `graph` for `device`, loads it with random weights, calibrates FP8 scales and
+/// captures the CUDA graph.
+pub fn open<'d>(device: &'d Device, graph: &Graph, options: &SessionOptions) -> Result<Session<'d>> {
+    let mut compile_options = options.compile.clone();
+    compile_options.jit.arch = arch_of(device);
+    let compiled = compile(graph, &compile_options)?;
+    let cubins = compiled
+        .cubins
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("running on the GPU needs NVRTC")?;
+    let mut ready = ReadyTimes::default();
+
+    let t = Instant::now();
+    let mut params = random_params(graph, options.seed)?;
+    let inputs = random_inputs(graph, options.seed + 1);
+    ready.weights_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let mut exe = Executable::load(device, compiled.plan.clone(), cubins, &params)?;
+    ready.load = exe.load_times.clone();
+    exe.set_inputs(&inputs)?;
+
+    let t = Instant::now();
+    let quantizing = !compiled.plan.amax_slots.is_empty();
+    for _ in 0..if quantizing { options.calibration_passes } else { 0 } {
+        exe.reset_amax()?;
+        exe.run()?;
+        for (name, scale) in exe.rescale_from_amax()? {
+            params.insert(name, lancet_compiler::reference::Array::scalar(scale));
+        }
+    }
+    // One uncaptured pass also lets each library finish its lazy set-up before capture.
+    exe.run()?;
+    exe.synchronize()?;
+    ready.calibrate_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    if options.cuda_graph {
+        ready.capture_ms = exe.capture()?;
+    }
+    Ok(Session {
+        compiled,
+        exe,
+        params,
+        inputs,
+        ready,
+    })
+}

@@ -1,0 +1,255 @@
+//! Whole plans on the GPU against the reference interpreter: every generated kernel kind on its
+//! own, and complete models (tiny, and Llama-3.2-1B at 1–2 layers and a short sequence) in bf16
+//! and FP8. Outputs are poisoned with NaN before each run; inputs and weights are fresh each run
+//! (the support module's seed).
+
+use lancet::pipeline::CompileOptions;
+use lancet::session::{open, SessionOptions};
+use lancet_compiler::ir::{Builder, DType, GeluApprox, Graph, Init, RopeStyle};
+use lancet_compiler::models::{LlamaConfig, Precision};
+use lancet_compiler::reference::{evaluate, rel_l2, Bindings};
+use lancet_compiler::rewrite::Options;
+use libtest_mimic::{Failed, Trial};
+
+use crate::support::{device, fail, gpu_trial, seed};
+
+/// Runs `graph` on the GPU (fusion on or off) and checks every output against the reference
+/// interpreter evaluated with the same parameters (calibrated scales included) and inputs.
+fn check(graph: &Graph, fusion: bool, tolerance: f64) -> Result<String, Failed> {
+    let device = device()?;
+    let options = SessionOptions {
+        compile: CompileOptions {
+            rewrite: Options {
+                fusion,
+                ..Options::default()
+            },
+            ..CompileOptions::default()
+        },
+        seed: seed(),
+        calibration_passes: 2,
+        cuda_graph: true,
+    };
+    let session = open(device, graph, &options).map_err(|e| fail(format!("{e:#}")))?;
+    session.exe.poison_outputs().map_err(fail)?;
+    session.exe.run().map_err(fail)?;
+    let got = session.exe.outputs().map_err(fail)?;
+    let mut bindings: Bindings = session.params.clone();
+    bindings.extend(session.inputs.clone());
+    let want = evaluate(graph, &bindings).map_err(fail)?;
+    let mut report = Vec::new();
+    for (name, w) in &want {
+        let g = &got[name];
+        let err = rel_l2(&g.data, &w.data);
+        report.push(format!("{name} rel L2 {err:.2e}"));
+        // NaN (an unwritten, poisoned element) fails too.
+        if err.is_nan() || err > tolerance {
+            return Err(fail(format!(
+                "{name}: rel L2 {err:.3e} > {tolerance:e} (fusion {fusion}; {} launches)",
+                session.compiled.plan.kernel_launches()
+            )));
+        }
+    }
+    let line = format!("check exec {}; fusion {fusion}", report.join(", "));
+    eprintln!("{line}");
+    Ok(line)
+}
+
+type Build = fn(&mut Builder) -> lancet_compiler::ir::Tensor;
+
+/// Small graphs, one per generated-kernel kind (and the layouts that change its code path).
+fn kernel_cases() -> Vec<(&'static str, Build, f64)> {
+    vec![
+        (
+            "rms_norm_quantize_dequantize",
+            |b| {
+                let x = b.input("x", DType::BF16, [2, 8, 2048]).unwrap();
+                let g = b.param("g", DType::BF16, [2048], Init::normal(1.0)).unwrap();
+                let s = b.param("s", DType::F32, [], Init::constant(1.0 / 64.0)).unwrap();
+                let n = b.rms_norm(x, g, 1e-5).unwrap();
+                let q = b.quantize(n, s, DType::F8E4M3).unwrap();
+                b.dequantize(q, s, DType::BF16).unwrap()
+            },
+            3e-2,
+        ),
+        (
+            "layer_norm_odd_row",
+            |b| {
+                let x = b.input("x", DType::BF16, [3, 5, 100]).unwrap();
+                let g = b.param("g", DType::BF16, [100], Init::normal(1.0)).unwrap();
+                let beta = b.param("b", DType::BF16, [100], Init::normal(1.0)).unwrap();
+                b.layer_norm(x, g, beta, 1e-5).unwrap()
+            },
+            1e-2,
+        ),
+        (
+            "rope_neox_from_packed_qkv",
+            |b| {
+                let qkv = b.input("qkv", DType::BF16, [2, 64, 6 * 64]).unwrap();
+                let k = b.slice(qkv, 2, 256, 320).unwrap();
+                let k = b.reshape(k, [2, 64, 1, 64]).unwrap();
+                b.rope(k, RopeStyle::Neox, 500_000.0, 64).unwrap()
+            },
+            1e-2,
+        ),
+        (
+            "rope_gptj_partial",
+            |b| {
+                let x = b.input("x", DType::BF16, [1, 33, 4, 48]).unwrap();
+                b.rope(x, RopeStyle::Gptj, 10_000.0, 32).unwrap()
+            },
+            1e-2,
+        ),
+        (
+            "swiglu_quantize",
+            |b| {
+                let gu = b.input("gu", DType::BF16, [2, 16, 2 * 512]).unwrap();
+                let s = b.param("s", DType::F32, [], Init::constant(1.0 / 64.0)).unwrap();
+                let parts = b.split(gu, 2, &[512, 512]).unwrap();
+                let a = b.silu(parts[0]).unwrap();
+                let m = b.mul(a, parts[1]).unwrap();
+                let q = b.quantize(m, s, DType::F8E4M3).unwrap();
+                b.dequantize(q, s, DType::F32).unwrap()
+            },
+            3e-2,
+        ),
+        (
+            "gelu_mul_add_cast_unaligned",
+            |b| {
+                let x = b.input("x", DType::BF16, [7, 19]).unwrap();
+                let y = b.input("y", DType::BF16, [7, 19]).unwrap();
+                let bias = b.param("bias", DType::BF16, [19], Init::normal(1.0)).unwrap();
+                let g = b.gelu(x, GeluApprox::None).unwrap();
+                let m = b.mul(g, y).unwrap();
+                let a = b.add(m, bias).unwrap();
+                b.cast(a, DType::F32).unwrap()
+            },
+            1e-2,
+        ),
+        (
+            "merge_heads_permute_quantize",
+            |b| {
+                let o = b.input("o", DType::BF16, [2, 4, 16, 64]).unwrap();
+                let s = b.param("s", DType::F32, [], Init::constant(1.0 / 64.0)).unwrap();
+                let t = b.permute(o, [0, 2, 1, 3]).unwrap();
+                let t = b.reshape(t, [2, 16, 256]).unwrap();
+                let q = b.quantize(t, s, DType::F8E4M3).unwrap();
+                b.dequantize(q, s, DType::F32).unwrap()
+            },
+            3e-2,
+        ),
+        (
+            "embedding_and_concat",
+            |b| {
+                let table = b
+                    .param("table", DType::BF16, [50, 64], Init::normal(1.0))
+                    .unwrap();
+                let ids = b.input("ids", DType::I32, [2, 9]).unwrap();
+                let e = b.embedding(table, ids).unwrap();
+                let x = b.input("x", DType::BF16, [2, 9, 8]).unwrap();
+                b.concat(&[e, x], 2).unwrap()
+            },
+            1e-6,
+        ),
+    ]
+}
+
+fn kernel_case(build: Build, tolerance: f64, fusion: bool) -> Result<(), Failed> {
+    let mut b = Builder::new();
+    let out = build(&mut b);
+    b.output("out", out).map_err(fail)?;
+    check(&b.finish(), fusion, tolerance).map(|_| ())
+}
+
+fn model(
+    name: &str,
+    layers: usize,
+    batch: usize,
+    seq: usize,
+    precision: Precision,
+    vocab: Option<usize>,
+) -> Graph {
+    let mut c = LlamaConfig::preset(name).expect("preset");
+    c.layers = layers;
+    c.batch = batch;
+    c.seq = seq;
+    c.precision = precision;
+    c.vocab = vocab;
+    c.build().expect("builds")
+}
+
+pub fn trials() -> Vec<Trial> {
+    let mut trials = Vec::new();
+    for (name, build, tolerance) in kernel_cases() {
+        for fusion in [true, false] {
+            let label = format!(
+                "exec::kernel::{name}::fusion_{}",
+                if fusion { "on" } else { "off" }
+            );
+            trials.push(gpu_trial(label, move || kernel_case(build, tolerance, fusion)));
+        }
+    }
+    // Whole models: bf16 ≤ 2e-2, FP8 ≤ 3e-2 against a reference that quantizes identically.
+    // (label, preset, layers, batch, seq, precision, vocab, tolerance)
+    type Model = (&'static str, &'static str, usize, usize, usize, Precision, Option<usize>, f64);
+    let models: Vec<Model> = vec![
+        ("tiny_bf16", "tiny", 2, 2, 16, Precision::Bf16, None, 2e-2),
+        ("tiny_fp8", "tiny", 2, 2, 16, Precision::Fp8, None, 3e-2),
+        (
+            "tiny_full_model_fp8",
+            "tiny",
+            2,
+            2,
+            16,
+            Precision::Fp8,
+            Some(100),
+            3e-2,
+        ),
+        (
+            "seed_te_1_layer_fp8_seq64",
+            "seed-te",
+            1,
+            1,
+            64,
+            Precision::Fp8,
+            None,
+            3e-2,
+        ),
+        (
+            "llama_1b_1_layer_bf16_seq64",
+            "llama-3.2-1b",
+            1,
+            1,
+            64,
+            Precision::Bf16,
+            None,
+            2e-2,
+        ),
+        (
+            "llama_1b_2_layers_fp8_seq64",
+            "llama-3.2-1b",
+            2,
+            1,
+            64,
+            Precision::Fp8,
+            None,
+            3e-2,
+        ),
+    ];
+    for (label, preset, layers, batch, seq, precision, vocab, tolerance) in models {
+        for fusion in [true, false] {
+            let name = format!(
+                "exec::model::{label}::fusion_{}",
+                if fusion { "on" } else { "off" }
+            );
+            trials.push(gpu_trial(name, move || {
+                check(
+                    &model(preset, layers, batch, seq, precision, vocab),
+                    fusion,
+                    tolerance,
+                )
+                .map(|_| ())
+            }));
+        }
+    }
+    trials
+}
