@@ -13,16 +13,22 @@ use lancet_compiler::rewrite::{optimize, Options};
 use lancet_runtime::jit::{self, JitOptions};
 use libtest_mimic::{Arguments, Failed, Trial};
 
-/// The unique kernels of every preset (2 layers; fp8 and bf16; fusion on and off), by name, with
-/// the configurations that use each.
+/// The unique kernels of every preset (2 layers; fp8 and bf16; fusion on and off; as bare layer
+/// stacks and as full models with an embedding), by name, with the configurations that use each.
 fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
     let mut kernels: BTreeMap<String, (Kernel, Vec<String>)> = BTreeMap::new();
     for name in PRESETS {
         for precision in [Precision::Fp8, Precision::Bf16] {
-            for fusion in [true, false] {
+            for (fusion, vocab) in [
+                (true, None),
+                (false, None),
+                (true, Some(1000)),
+                (false, Some(1000)),
+            ] {
                 let mut c = LlamaConfig::preset(name).expect("preset exists");
                 c.layers = 2;
                 c.precision = precision;
+                c.vocab = vocab;
                 let graph = c.build().expect("presets build");
                 let (optimized, _) = optimize(
                     &graph,

@@ -111,6 +111,9 @@ pub struct BenchArgs {
     /// Untimed forward passes first.
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
+    /// Also time every step on its own: where the time goes (GEMMs, attention, kernels, gaps).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Median, min, max and standard deviation of `ms`.
@@ -142,6 +145,23 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let graph = stats(&session.exe.time(args.warmup, args.runs, true)?);
     // The same passes launched one by one, for comparison.
     let eager = stats(&session.exe.time(args.warmup, args.runs, false)?);
+    let profile = if args.profile {
+        let steps = session.exe.profile(args.runs.min(20))?;
+        let mut by_kind: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+        for (kind, name, ms) in &steps {
+            let key = if *kind == "kernel" {
+                format!("kernel {}", name.rsplit_once('_').map_or(name.as_str(), |(ops, _)| ops))
+            } else {
+                kind.to_string()
+            };
+            let e = by_kind.entry(key).or_default();
+            e.0 += 1;
+            e.1 += ms;
+        }
+        Some(by_kind)
+    } else {
+        None
+    };
     let p = &session.compiled.phases;
     let r = &session.ready;
     let phases = [
@@ -172,6 +192,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 "steady_state": {"cuda_graph": graph, "eager": eager},
                 "tflops": flops / (median * 1e-3) / 1e12,
                 "kernel_launches": session.compiled.plan.kernel_launches(),
+                "profile_ms": profile.as_ref().map(|p| p.iter().map(|(k, (n, ms))| (k.clone(), serde_json::json!({"launches": n, "ms": ms}))).collect::<serde_json::Map<_, _>>()),
                 "gemms": session.compiled.plan.gemms(), "attention_calls": session.compiled.plan.attentions(),
             }))?
         );
@@ -197,5 +218,21 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         ]);
     }
     println!("{s}");
+    if let Some(profile) = profile {
+        let mut t = Table::new(["where the time goes (steps timed alone)", "launches", "ms", "share of replay"]);
+        let mut total = 0.0;
+        for (kind, (n, ms)) in &profile {
+            total += ms;
+            t.row([kind.clone(), n.to_string(), format!("{ms:.3}"), format!("{:.1} %", 100.0 * ms / median)]);
+        }
+        t.row(["sum of steps".to_string(), String::new(), format!("{total:.3}"), format!("{:.1} %", 100.0 * total / median)]);
+        t.row([
+            "gaps (replay − sum)".to_string(),
+            String::new(),
+            format!("{:.3}", median - total),
+            format!("{:.1} %", 100.0 * (median - total) / median),
+        ]);
+        println!("{t}");
+    }
     Ok(())
 }

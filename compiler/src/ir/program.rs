@@ -87,6 +87,13 @@ impl Op {
         )
     }
 
+    /// Ops a generated kernel can compute: the fusible ones, and embedding lookups (a gather,
+    /// which lowering gives a kernel of its own but rules never fuse: its rows are indexed by
+    /// data, not by position).
+    pub fn has_kernel(&self) -> bool {
+        self.is_fusible() || matches!(self, Op::Embedding)
+    }
+
     /// Ops that reduce along the last axis, so their kernel must see whole rows.
     pub fn is_row_reduction(&self) -> bool {
         matches!(self, Op::RmsNorm { .. } | Op::LayerNorm { .. })
@@ -103,9 +110,9 @@ impl Program {
         }
         let mut types: Vec<TensorType> = Vec::with_capacity(self.instrs.len());
         for (i, instr) in self.instrs.iter().enumerate() {
-            if !instr.op.is_fusible() {
+            if !instr.op.has_kernel() {
                 return Err(Mismatch::Attribute(format!(
-                    "instruction {i}: {} cannot be part of a fused kernel",
+                    "instruction {i}: {} cannot be part of a generated kernel",
                     instr.op.kind()
                 )));
             }

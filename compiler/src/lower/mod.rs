@@ -214,7 +214,7 @@ impl<'g> Lowering<'g> {
                 self.kernel(&node.name, program.clone(), args, out.clone());
                 out
             }
-            op if op.is_fusible() || matches!(op, Op::Embedding) => {
+            op if op.has_kernel() => {
                 let out = self.activation(&node.name, ty.dtype, ty.shape.dims());
                 let program = Program {
                     instrs: vec![Instr {

@@ -294,41 +294,44 @@ impl<'d> Executable<'d> {
 
     /// Queues the forward pass on the stream, launch by launch.
     pub fn launch_all(&self) -> crate::Result<()> {
+        (0..self.launches.len()).try_for_each(|i| self.launch_one(i))
+    }
+
+    /// Queues step `i`.
+    fn launch_one(&self, i: usize) -> crate::Result<()> {
         let stream = self.device.stream();
-        for (i, launch) in self.launches.iter().enumerate() {
-            match launch {
-                Launch::Kernel {
-                    function,
-                    params,
-                    config,
-                } => {
-                    let mut builder = stream.launch_builder(function);
-                    for p in params {
-                        builder.arg(p);
-                    }
-                    // SAFETY: the parameters are the device addresses and launch geometry the
-                    // kernel was generated for, into buffers this executable owns.
-                    unsafe { builder.launch(*config) }.map_err(|e| ExecError::Step {
-                        step: i,
-                        what: "kernel".into(),
-                        problem: e.to_string(),
-                    })?;
+        match &self.launches[i] {
+            Launch::Kernel {
+                function,
+                params,
+                config,
+            } => {
+                let mut builder = stream.launch_builder(function);
+                for p in params {
+                    builder.arg(p);
                 }
-                Launch::Gemm { plan, pointers } => {
-                    // SAFETY: the addresses are views of buffers this executable owns, sized by
-                    // lowering for exactly this GEMM; the output is a fresh buffer.
-                    unsafe { plan.launch(stream, pointers) }?;
-                }
-                Launch::Attention {
-                    plan,
-                    pointers,
-                    scale,
-                } => {
-                    // SAFETY: as for GEMMs; attention's output never aliases its inputs (lowering
-                    // gives it a fresh buffer).
-                    let call = unsafe { plan.bind(self.attention.handle(), *pointers, *scale) }?;
-                    call.execute()?;
-                }
+                // SAFETY: the parameters are the device addresses and launch geometry the
+                // kernel was generated for, into buffers this executable owns.
+                unsafe { builder.launch(*config) }.map_err(|e| ExecError::Step {
+                    step: i,
+                    what: "kernel".into(),
+                    problem: e.to_string(),
+                })?;
+            }
+            Launch::Gemm { plan, pointers } => {
+                // SAFETY: the addresses are views of buffers this executable owns, sized by
+                // lowering for exactly this GEMM; the output is a fresh buffer.
+                unsafe { plan.launch(stream, pointers) }?;
+            }
+            Launch::Attention {
+                plan,
+                pointers,
+                scale,
+            } => {
+                // SAFETY: as for GEMMs; attention's output never aliases its inputs (lowering
+                // gives it a fresh buffer).
+                let call = unsafe { plan.bind(self.attention.handle(), *pointers, *scale) }?;
+                call.execute()?;
             }
         }
         Ok(())
@@ -410,6 +413,48 @@ impl<'d> Executable<'d> {
                     .map_err(driver("cuEventElapsedTime"))
             })
             .collect()
+    }
+
+    /// Times every step on its own over `runs` launch-by-launch passes (CUDA events between
+    /// steps; median per step): where the time goes. Returns `(kind, node, median ms)` in plan
+    /// order, kind being `kernel`, `gemm` or `attention`.
+    pub fn profile(&self, runs: usize) -> crate::Result<Vec<(&'static str, String, f64)>> {
+        let driver =
+            |what| move |e| crate::Error::from(crate::device::DeviceError::Driver { what, source: e });
+        let stream = self.device.stream();
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut samples = vec![Vec::with_capacity(runs); self.launches.len()];
+        for _ in 0..runs.max(1) {
+            let mut events = Vec::with_capacity(self.launches.len() + 1);
+            events.push(stream.record_event(flags).map_err(driver("cuEventRecord"))?);
+            for i in 0..self.launches.len() {
+                self.launch_one(i)?;
+                events.push(stream.record_event(flags).map_err(driver("cuEventRecord"))?);
+            }
+            self.synchronize()?;
+            for (i, pair) in events.windows(2).enumerate() {
+                samples[i].push(
+                    pair[0]
+                        .elapsed_ms(&pair[1])
+                        .map_err(driver("cuEventElapsedTime"))? as f64,
+                );
+            }
+        }
+        Ok(self
+            .plan
+            .steps
+            .iter()
+            .zip(samples)
+            .map(|(step, mut s)| {
+                s.sort_by(f64::total_cmp);
+                let (kind, node) = match step {
+                    Step::Kernel(k) => ("kernel", self.plan.kernels[k.kernel].name.clone()),
+                    Step::Gemm(g) => ("gemm", g.node.clone()),
+                    Step::Attention(a) => ("attention", a.node.clone()),
+                };
+                (kind, node, s[s.len() / 2])
+            })
+            .collect())
     }
 
     /// Every output, by name, as f32 values.
