@@ -96,9 +96,9 @@ pub fn random_params(graph: &Graph, seed: u64) -> Result<Bindings, InitError> {
             Init::ScaleOf { .. } => continue,
         };
         if let Some(max) = fp8_max(*dtype) {
-            let amax = data.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let amax = data.par_iter().map(|x| x.abs()).reduce(|| 0.0, f32::max);
             let scale = if amax > 0.0 { amax / max } else { 1.0 };
-            data.iter_mut().for_each(|x| *x /= scale);
+            data.par_iter_mut().for_each(|x| *x /= scale);
             scales.insert(node.name.clone(), scale);
         }
         round_slice(*dtype, &mut data);

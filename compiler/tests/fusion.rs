@@ -484,10 +484,9 @@ fn generated_sources_have_their_anchors() {
         &norm,
         "load<__nv_bfloat16, V, 1>(arg0 + i0 * 4194304 + i1 * 2048 + i_last, xr[c]);",
     );
-    anchored(
-        &norm,
-        "const float inv = rsqrtf(block_sum(sum) / 2048.0f + 1e-5f);",
-    );
+    anchored(&norm, "const float inv = rsqrtf(row_sum(sum) / 2048.0f + 1e-5f);");
+    // A warp per 2048-element row, 8 rows per block: reductions are shuffles only.
+    anchored(&norm, "constexpr int LANES = 32;");
     anchored(&norm, "v0[j] = round_to<__nv_bfloat16>(xr[c][j] * inv * a1[j]);");
     anchored(
         &norm,

@@ -150,7 +150,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let mut by_kind: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
         for (kind, name, ms) in &steps {
             let key = if *kind == "kernel" {
-                format!("kernel {}", name.rsplit_once('_').map_or(name.as_str(), |(ops, _)| ops))
+                format!(
+                    "kernel {}",
+                    name.rsplit_once('_').map_or(name.as_str(), |(ops, _)| ops)
+                )
             } else {
                 kind.to_string()
             };
@@ -219,13 +222,28 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     println!("{s}");
     if let Some(profile) = profile {
-        let mut t = Table::new(["where the time goes (steps timed alone)", "launches", "ms", "share of replay"]);
+        let mut t = Table::new([
+            "where the time goes (steps timed alone)",
+            "launches",
+            "ms",
+            "share of replay",
+        ]);
         let mut total = 0.0;
         for (kind, (n, ms)) in &profile {
             total += ms;
-            t.row([kind.clone(), n.to_string(), format!("{ms:.3}"), format!("{:.1} %", 100.0 * ms / median)]);
+            t.row([
+                kind.clone(),
+                n.to_string(),
+                format!("{ms:.3}"),
+                format!("{:.1} %", 100.0 * ms / median),
+            ]);
         }
-        t.row(["sum of steps".to_string(), String::new(), format!("{total:.3}"), format!("{:.1} %", 100.0 * total / median)]);
+        t.row([
+            "sum of steps".to_string(),
+            String::new(),
+            format!("{total:.3}"),
+            format!("{:.1} %", 100.0 * total / median),
+        ]);
         t.row([
             "gaps (replay − sum)".to_string(),
             String::new(),

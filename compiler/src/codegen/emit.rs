@@ -347,7 +347,8 @@ fn elementwise(spec: &KernelSpec) -> String {
 
 fn row(spec: &KernelSpec) -> String {
     let job = &spec.jobs[0];
-    let (block, chunks) = KernelSpec::row_geometry(job);
+    let geometry = KernelSpec::row_geometry(job);
+    let (block, chunks) = (geometry.block, geometry.chunks);
     let rank = job.shape.len();
     let norm = job
         .program
@@ -363,12 +364,12 @@ fn row(spec: &KernelSpec) -> String {
     let (sum_term, stats) = match &norm.op {
         Op::RmsNorm { eps } => (
             "xr[c][j] * xr[c][j]",
-            format!("    const float inv = rsqrtf(block_sum(sum) / {n}.0f + {:?}f);", eps.get()),
+            format!("    const float inv = rsqrtf(row_sum(sum) / {n}.0f + {:?}f);", eps.get()),
         ),
         Op::LayerNorm { eps } => (
             "xr[c][j]",
             format!(
-                "    const float mean = block_sum(sum) / {n}.0f;\n    float sq = 0.0f;\n#pragma unroll\n    for (int c = 0; c < CHUNKS; ++c)\n        if (c * {block} + int(threadIdx.x) < VPR)\n            for (int j = 0; j < V; ++j) sq += (xr[c][j] - mean) * (xr[c][j] - mean);\n    const float inv = rsqrtf(block_sum(sq) / {n}.0f + {:?}f);",
+                "    const float mean = row_sum(sum) / {n}.0f;\n    float sq = 0.0f;\n#pragma unroll\n    for (int c = 0; c < CHUNKS; ++c)\n        if (live && c * LANES + lane < VPR)\n            for (int j = 0; j < V; ++j) sq += (xr[c][j] - mean) * (xr[c][j] - mean);\n    const float inv = rsqrtf(row_sum(sq) / {n}.0f + {:?}f);",
                 eps.get()
             ),
         ),
@@ -387,9 +388,15 @@ fn row(spec: &KernelSpec) -> String {
     ctx.insert("params", &p.join(", "));
     ctx.insert("block", &block);
     ctx.insert("chunks", &chunks);
+    ctx.insert("lanes", &geometry.lanes);
+    ctx.insert("rows", &geometry.rows_per_block);
+    ctx.insert("total_rows", &(job.numel() / n));
     ctx.insert("vec", &job.vec);
     ctx.insert("row", &n);
-    ctx.insert("row_index", &split_index("row", &job.shape[..rank - 1]));
+    ctx.insert(
+        "row_index",
+        &split_index("live ? row : 0", &job.shape[..rank - 1]),
+    );
     ctx.insert("x_type", ctype(access.dtype));
     ctx.insert("x_last_stride", &last_stride(access));
     ctx.insert("x_arg", &x);

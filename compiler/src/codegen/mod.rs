@@ -180,11 +180,30 @@ impl KernelSpec {
             .collect()
     }
 
-    /// Threads per block and vectors per thread of a row kernel over rows of `row` elements.
-    fn row_geometry(job: &JobSpec) -> (usize, usize) {
+    /// How a row kernel maps rows to threads. Rows of up to 16 vectors per lane get one warp
+    /// each (8 rows per block): reductions are then warp shuffles, with no block barrier, which
+    /// is what keeps a norm at memory bandwidth. Longer rows get a block of up to 256 threads.
+    pub(crate) fn row_geometry(job: &JobSpec) -> RowGeometry {
         let vectors = job.shape.last().copied().unwrap_or(1) / job.vec;
-        let block = vectors.div_ceil(32).clamp(1, 8) * 32;
-        (block, vectors.div_ceil(block))
+        let rows = job.numel() / job.shape.last().copied().unwrap_or(1);
+        if vectors <= 32 * 16 {
+            RowGeometry {
+                lanes: 32,
+                rows_per_block: 8,
+                block: 256,
+                chunks: vectors.div_ceil(32),
+                grid: rows.div_ceil(8),
+            }
+        } else {
+            let block = vectors.div_ceil(32).clamp(1, 8) * 32;
+            RowGeometry {
+                lanes: block,
+                rows_per_block: 1,
+                block,
+                chunks: vectors.div_ceil(block),
+                grid: rows,
+            }
+        }
     }
 
     /// `(grid, block)` for a launch.
@@ -195,11 +214,21 @@ impl KernelSpec {
                 ELEMENTWISE_BLOCK as u32,
             )
         } else {
-            let job = &self.jobs[0];
-            let rows = job.numel() / job.shape.last().copied().unwrap_or(1);
-            (rows as u32, Self::row_geometry(job).0 as u32)
+            let g = Self::row_geometry(&self.jobs[0]);
+            (g.grid as u32, g.block as u32)
         }
     }
+}
+
+/// Threads and rows of a row kernel's launch.
+pub(crate) struct RowGeometry {
+    /// Threads per row.
+    pub lanes: usize,
+    pub rows_per_block: usize,
+    pub block: usize,
+    /// Vectors each thread holds.
+    pub chunks: usize,
+    pub grid: usize,
 }
 
 /// A generated kernel: its entry point, CUDA source and the graph nodes it implements.
