@@ -190,7 +190,16 @@ pub fn trials() -> Vec<Trial> {
     }
     // Whole models: bf16 ≤ 2e-2, FP8 ≤ 3e-2 against a reference that quantizes identically.
     // (label, preset, layers, batch, seq, precision, vocab, tolerance)
-    type Model = (&'static str, &'static str, usize, usize, usize, Precision, Option<usize>, f64);
+    type Model = (
+        &'static str,
+        &'static str,
+        usize,
+        usize,
+        usize,
+        Precision,
+        Option<usize>,
+        f64,
+    );
     let models: Vec<Model> = vec![
         ("tiny_bf16", "tiny", 2, 2, 16, Precision::Bf16, None, 2e-2),
         ("tiny_fp8", "tiny", 2, 2, 16, Precision::Fp8, None, 3e-2),
