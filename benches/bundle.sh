@@ -13,6 +13,7 @@ TARGETS=(
     "bin:lancet lancet"
     "test:gpu gpu-tests"
     "bench:attention attention-bench"
+    "bench:gemm gemm-bench"
 )
 
 cargo build --release
@@ -25,7 +26,13 @@ rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE"
 for entry in "${TARGETS[@]}"; do
     target=${entry% *} dest=${entry#* }
-    # The executable cargo reported for this target (the last build wins), not a guessed hash.
+    # The executable cargo reported for this target (the last build wins), not a guessed hash;
+    # binaries from the release build itself (`cargo bench` would report its own build of them).
+    if [[ ${target%%:*} == bin ]]; then
+        cp "target/release/${target#*:}" "$BUNDLE/$dest"
+        echo "bundle: $BUNDLE/$dest <- target/release/${target#*:}"
+        continue
+    fi
     exe=$(python3 - "$messages" "${target%%:*}" "${target#*:}" <<'PY'
 import json, sys
 path, kind, name = sys.argv[1:]

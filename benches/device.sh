@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs the prebuilt bundle (benches/bundle.sh) on the GPU machine: the GPU tests, the attention
-# benchmark, and PyTorch's cuDNN attention for comparison. Builds nothing. Logs and JSON go to
-# $OUT (./out when unset); a short summary is printed last.
+# and FP8 GEMM benchmarks, and PyTorch's cuDNN attention and `_scaled_mm` for comparison
+# (group `checks`); the headline forward pass side by side with PyTorch's recipes (group
+# `headline`). Builds nothing. Logs and JSON go to $OUT (./out when unset); a short summary is
+# printed last.
+#
+# Usage: benches/device.sh [all|checks|headline]   (default all; one group fits a 10-minute call)
 #
 # To add a step: one `step NAME COMMAND...` line (its output goes to $OUT/NAME.log), and a few
 # lines in the summary below.
@@ -27,15 +31,38 @@ step() {
     echo "   exit $rc after $((SECONDS - start)) s"
 }
 
-for exe in gpu-tests attention-bench; do
+for exe in lancet gpu-tests attention-bench gemm-bench; do
     [[ -x $BUNDLE/$exe ]] || { echo "missing $BUNDLE/$exe: run benches/bundle.sh on the build machine" >&2; exit 1; }
 done
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv \
     >"$OUT/gpu.txt" 2>&1
 
+GROUP=${1:-all}
+want() { [[ $GROUP == all || $GROUP == "$1" ]]; }
+
+if want checks; then
 step gpu-tests "$BUNDLE/gpu-tests"
 step attention-bench "$BUNDLE/attention-bench" --json "$OUT/attention_lancet.json"
 step torch-attention python3 benches/torch_attention.py --json "$OUT/attention_torch.json"
+# lancet, PyTorch, lancet again: the GPU's clocks drift with its temperature and power, so the
+# comparison uses the mean of the two lancet runs that bracket PyTorch's.
+step gemm-bench "$BUNDLE/gemm-bench" --json "$OUT/gemm_lancet.json"
+step torch-gemm python3 benches/torch_gemm.py --json "$OUT/gemm_torch.json"
+step gemm-bench-2 "$BUNDLE/gemm-bench" --json "$OUT/gemm_lancet_2.json"
+fi
+
+if want headline; then
+# The headline: Llama-3.2-1B shapes, 8 layers, batch 2, sequence 2048. lancet runs first with
+# empty caches (cold compile), then PyTorch's rows, then lancet again (warm caches; and bracketing
+# PyTorch against clock drift), then lancet's baselines.
+HEADLINE=(--preset llama-3.2-1b --layers 8 --batch 2 --seq 2048 --runs 50 --json)
+json_step() { local name=$1; shift; step "$name" sh -c '"$@" >"$0"' "$OUT/$name.json" "$@"; }
+json_step lancet-fp8-cold "$BUNDLE/lancet" bench "${HEADLINE[@]}" --profile
+step torch-llama python3 benches/torch_llama.py --json "$OUT/torch_llama.json"
+json_step lancet-fp8-warm "$BUNDLE/lancet" bench "${HEADLINE[@]}" --profile
+json_step lancet-fp8-unfused "$BUNDLE/lancet" bench "${HEADLINE[@]}" --fusion off
+json_step lancet-bf16 "$BUNDLE/lancet" bench "${HEADLINE[@]}" --precision bf16
+fi
 
 {
     echo
@@ -43,6 +70,7 @@ step torch-attention python3 benches/torch_attention.py --json "$OUT/attention_t
     cat "$OUT/gpu.txt"
     printf '%s\n' "${results[@]}"
     echo
+    if want checks; then
     echo "gpu tests: $(grep -E '^test result' "$OUT/gpu-tests.log" || echo 'no result line')"
     grep -E '^test .* FAILED$' "$OUT/gpu-tests.log"
     echo "attention correctness (rel L2 vs the f32 CPU reference):"
@@ -74,4 +102,99 @@ print(
     f"{c['plan_bytes']} bytes on disk"
 )
 PY
+    echo
+    echo "gemm correctness (rel L2 vs the CPU reference on the same rounded inputs):"
+    grep -oE 'check gemm [^;]*' "$OUT/gpu-tests.log" | sed -E 's/^check gemm /  /'
+    python3 - "$OUT/gemm_lancet.json" "$OUT/gemm_lancet_2.json" "$OUT/gemm_torch.json" <<'PY'
+import json, sys
+def load(path):
+    try:
+        return json.load(open(path))
+    except (OSError, ValueError):
+        return None
+first, second, torch_report = (load(p) for p in sys.argv[1:])
+if first is None:
+    sys.exit("no lancet GEMM results")
+rounds = [r for r in (first, second) if r]
+lancet = [{(r["case"], r["variant"]): r for r in report["rows"]} for report in rounds]
+torch = {(r["case"], r["variant"]): r for r in torch_report["rows"]} if torch_report else {}
+print(f"\nFP8 GEMMs at M = {first['m']}, {first['device']}, median ms per call (TFLOP/s)")
+print(f"lancet on cuBLASLt {first['cublaslt']} ({len(rounds)} runs, before and after PyTorch's), "
+      f"PyTorch {torch_report['torch'] if torch_report else '(no results)'}; fast accumulation unless noted")
+pairs = [
+    ("autotuned", "fast accumulation"),
+    ("autotuned, CUDA graph", "fast accumulation, CUDA graph"),
+    ("heuristic top-1", "fast accumulation"),
+    ("autotuned, no fast accumulation", "no fast accumulation"),
+    ("autotuned, no residual", "fast accumulation"),
+    ("autotuned", "fast accumulation + residual add"),
+]
+cell = lambda r: f"{r['median_ms']:.4f} ({r['tflops']:.0f})" if r else "-"
+print(f"{'case':<8} {'lancet variant':<32} {'lancet run 1':>15} {'lancet run 2':>15} "
+      f"{'torch variant':<33} {'torch':>15} {'lancet/torch':>12}")
+for case in dict.fromkeys(r["case"] for r in first["rows"]):
+    for ours, theirs in pairs:
+        mine = [rows.get((case, ours)) for rows in lancet]
+        t = torch.get((case, theirs))
+        if not mine[0] or (theirs.endswith("add") and not t):
+            continue
+        runs = [r for r in mine if r]
+        mean = sum(r["median_ms"] for r in runs) / len(runs)
+        ratio = f"{mean / t['median_ms']:12.3f}" if t else ""
+        second_cell = cell(mine[1]) if len(mine) > 1 else "-"
+        print(f"{case:<8} {ours:<32} {cell(mine[0]):>15} {second_cell:>15} {theirs:<33} {cell(t):>15} {ratio}")
+for t in first["tuning"]:
+    print(f"tuning {t['case']}: {t['tuning_ms']:.1f} ms ({len(t['candidates'])} candidates), "
+          f"restore {t.get('restore_ms', float('nan')):.2f} ms; {t['chosen']}, "
+          f"workspace {t['chosen_workspace_size']} B (largest candidate {t['max_candidate_workspace_size']} B)")
+PY
+    fi
+    if want headline; then
+    python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    try:
+        return json.load(open(os.path.join(out, name)))
+    except (OSError, ValueError):
+        return None
+rows = []  # (approach, median ms, one-time cost)
+for name, title in [("lancet-fp8-cold", "lancet FP8, fusion on (cold caches)"),
+                    ("lancet-fp8-warm", "lancet FP8, fusion on (warm caches)"),
+                    ("lancet-fp8-unfused", "lancet FP8, fusion off (one kernel per glue op)"),
+                    ("lancet-bf16", "lancet bf16, fusion on")]:
+    r = load(name + ".json")
+    if r:
+        graph = r["steady_state"]["cuda_graph"]
+        rows.append((title, graph["median_ms"], f"{r['ready_ms'] / 1e3:.2f} s to ready"))
+torch = load("torch_llama.json")
+for r in (torch or {}).get("rows", []):
+    if "median_ms" in r:
+        cost = f"{r['first_call_s']:.1f} s first call" + (f" + {r['capture_s'] * 1e3:.0f} ms capture" if r.get("capture_s") else "")
+        rows.append((f"PyTorch: {r['title']}", r["median_ms"], cost))
+if torch is not None:
+    rows.append(("Transformer Engine", None, "not installed on this machine"))
+if not rows:
+    sys.exit("no headline results")
+best = min(ms for _, ms, _ in rows if ms)
+print("\nLlama-3.2-1B shapes, 8 layers, batch 2, seq 2048: median ms of a forward pass (CUDA graph replay)")
+print(f"{'approach':<78} {'ms':>7} {'× fastest':>9}  one-time cost")
+for title, ms, cost in rows:
+    cells = f"{ms:7.3f} {ms / best:9.2f}" if ms else f"{'-':>7} {'-':>9}"
+    print(f"{title[:78]:<78} {cells}  {cost}")
+warm = load("lancet-fp8-warm.json")
+if warm and warm.get("profile_ms"):
+    print("\nlancet FP8 (warm run), every step timed alone, ms per forward pass:")
+    total = 0.0
+    for kind, v in warm["profile_ms"].items():
+        total += v["ms"]
+        print(f"  {kind:<40} {v['launches']:>4} launches {v['ms']:8.3f}")
+    median = warm["steady_state"]["cuda_graph"]["median_ms"]
+    print(f"  {'sum of steps':<40} {'':>13} {total:8.3f}; replay {median:.3f}, gaps {median - total:.3f}")
+    print("  compile phases (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in warm["compile_phases_ms"].items()))
+cold = load("lancet-fp8-cold.json")
+if cold:
+    print("  cold compile phases (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in cold["compile_phases_ms"].items()))
+PY
+    fi
 } 2>&1 | tee "$OUT/summary.txt"

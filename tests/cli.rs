@@ -190,3 +190,19 @@ fn explain_reports_rules_growth_and_savings() {
         "{text}"
     );
 }
+
+#[test]
+fn run_without_a_gpu_says_so() {
+    // On a machine with a GPU this test has nothing to check; CI machines have none.
+    if lancet_runtime::device::device_count().is_ok_and(|n| n > 0) {
+        eprintln!("skipped: this machine has a GPU");
+        return;
+    }
+    let o = lancet(&["run", "--preset", "tiny"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("lancet run and bench need a CUDA GPU (lancet compile does not)"),
+        "{err}"
+    );
+}
