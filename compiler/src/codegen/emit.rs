@@ -305,30 +305,34 @@ fn elementwise(spec: &KernelSpec) -> String {
         let body = body(job, false, "        ");
         let rank = job.shape.len();
         let last = job.shape[rank - 1];
-        let mut index = String::new();
-        writeln!(index, "    const bool live = t < {};", job.numel() / job.vec).unwrap();
-        writeln!(index, "    const i64 tv = live ? t : 0;").unwrap();
-        writeln!(index, "    const i64 i_last = (tv % {}) * V;", last / job.vec).unwrap();
-        index.push_str(&split_index(
-            &format!("tv / {}", last / job.vec),
-            &job.shape[..rank - 1],
-        ));
+        // A grid-stride loop: each thread handles vectors t, t + stride, … so that a capped grid
+        // (one wave) covers any size, and the amax of a quantize is reduced once per block.
         let mut code = String::new();
         for q in 0..body.amax {
             writeln!(code, "    float amax{q} = 0.0f;").unwrap();
         }
-        writeln!(code, "    if (live) {{\n{}    }}", body.code).unwrap();
+        writeln!(
+            code,
+            "    for (i64 t = t0; t < {}; t += stride) {{",
+            job.numel() / job.vec
+        )
+        .unwrap();
+        writeln!(code, "    const i64 i_last = (t % {}) * V;", last / job.vec).unwrap();
+        code.push_str(&split_index(
+            &format!("t / {}", last / job.vec),
+            &job.shape[..rank - 1],
+        ));
+        writeln!(code, "{}    }}", body.code).unwrap();
         for q in 0..body.amax {
             writeln!(code, "    record_amax(amax_ptr{q}, amax{q});").unwrap();
         }
         let job_params = params(job, "", body.amax);
         let prefixed = params(job, &format!("j{j}_"), body.amax);
-        let blocks = (job.numel() / job.vec).div_ceil(super::ELEMENTWISE_BLOCK);
+        let blocks = super::job_blocks(job);
         let mut ctx = Context::new();
         ctx.insert("summary", &job.program.to_string().trim_end().replace('\n', "; "));
         ctx.insert("params", &job_params.join(", "));
         ctx.insert("vec", &job.vec);
-        ctx.insert("index", &index);
         ctx.insert("body", &code);
         ctx.insert("args", &names(&prefixed).join(", "));
         ctx.insert("block_begin", &block_begin);

@@ -167,6 +167,18 @@ pub struct KernelSpec {
 /// Threads per block of elementwise kernels.
 pub const ELEMENTWISE_BLOCK: usize = 256;
 
+/// The most blocks an elementwise job launches: one wave of an H100 (132 SMs × 8 blocks of 256
+/// threads). Larger jobs loop (grid-stride), which keeps a quantizing kernel's amax down to one
+/// atomic per block — thousands of same-address atomics would serialise in L2.
+pub const MAX_JOB_BLOCKS: usize = 132 * 8;
+
+/// Blocks of one elementwise job.
+fn job_blocks(job: &JobSpec) -> usize {
+    (job.numel() / job.vec)
+        .div_ceil(ELEMENTWISE_BLOCK)
+        .clamp(1, MAX_JOB_BLOCKS)
+}
+
 impl KernelSpec {
     pub fn is_elementwise(&self) -> bool {
         self.jobs.iter().all(|j| !j.is_row())
@@ -174,10 +186,7 @@ impl KernelSpec {
 
     /// Blocks per job of an elementwise kernel.
     fn job_blocks(&self) -> Vec<usize> {
-        self.jobs
-            .iter()
-            .map(|j| (j.numel() / j.vec).div_ceil(ELEMENTWISE_BLOCK))
-            .collect()
+        self.jobs.iter().map(job_blocks).collect()
     }
 
     /// How a row kernel maps rows to threads. Rows of up to 16 vectors per lane get one warp
