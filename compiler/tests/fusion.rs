@@ -478,7 +478,7 @@ fn generated_sources_have_their_anchors() {
     anchored(&norm, "layers.1.post_attention_layernorm");
     anchored(
         &norm,
-        "extern \"C\" __global__ void __launch_bounds__(256) rms_norm_quantize_",
+        "extern \"C\" __global__ void __launch_bounds__(256, 1) rms_norm_quantize_",
     );
     anchored(
         &norm,
@@ -490,7 +490,7 @@ fn generated_sources_have_their_anchors() {
     anchored(&norm, "v0[j] = round_to<__nv_bfloat16>(xr[c][j] * inv * a1[j]);");
     anchored(
         &norm,
-        "amax0 = fmaxf(amax0, fabsf(v0[j])); v1[j] = round_to<__nv_fp8_e4m3>(v0[j] / a2[j]);",
+        "amax0 = fmaxf(amax0, fabsf(v0[j])); v1[j] = round_to<__nv_fp8_e4m3>(v0[j] * __frcp_rn(a2[j]));",
     );
     anchored(&norm, "record_amax(amax_ptr0, amax0);");
 

@@ -1456,8 +1456,12 @@ fn quantize_is_saturating_fp8_rounding_of_x_over_scale() {
         let out = run(b, &bindings, "q");
         let mut saturated = 0;
         for (&got, &v) in out.data.iter().zip(&x) {
-            let want = nearest_in_table(&table, v / scale);
-            assert_eq!(got.to_bits(), want.to_bits(), "quantize {v} / {scale} to {to}");
+            let want = nearest_in_table(&table, v * (1.0 / scale));
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "quantize {v} · (1 / {scale}) to {to}"
+            );
             saturated += (got.abs() == max) as usize;
         }
         assert!(saturated >= 2, "some values must saturate ({saturated})");

@@ -233,7 +233,9 @@ fn body(job: &JobSpec, row: bool, indent: &str) -> Body {
                         approx: GeluApprox::Tanh,
                     } => format!("gelu_tanh({})", ops[0]),
                     Op::Cast { .. } => ops[0].clone(),
-                    Op::Quantize { .. } => format!("{} / {}", ops[0], ops[1]),
+                    // The correctly rounded reciprocal (what the reference multiplies by), without
+                    // the division slow path's call, which made ptxas spill around it.
+                    Op::Quantize { .. } => format!("{} * __frcp_rn({})", ops[0], ops[1]),
                     Op::Dequantize { .. } => format!("{} * {}", ops[0], ops[1]),
                     Op::RmsNorm { .. } => format!("xr[c][j] * inv * {}", ops[1]),
                     Op::LayerNorm { .. } => format!("(xr[c][j] - mean) * inv * {} + {}", ops[1], ops[2]),

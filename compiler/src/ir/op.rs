@@ -85,7 +85,8 @@ pub enum Op {
     Gelu { approx: GeluApprox },
     /// `(x)` converted to `to`, rounding to nearest even; FP8 saturates.
     Cast { to: DType },
-    /// `(x, scale [])`: `saturate(x / scale)` rounded to the FP8 type `to`.
+    /// `(x, scale [])`: `saturate(x · (1 / scale))` rounded to the FP8 type `to` (a multiply by
+    /// the reciprocal, as Transformer Engine and the generated kernels compute it).
     Quantize { to: DType },
     /// `(q, scale [])`: `q · scale` in `to`.
     Dequantize { to: DType },

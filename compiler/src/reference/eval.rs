@@ -212,8 +212,8 @@ fn compute(id: NodeId, node: &Node, op: &Op, shape: &Shape, args: &[&Array]) -> 
         Op::Cast { .. } => args[0].data.clone(),
         // Saturation and FP8 rounding happen when the result is rounded to the node's dtype.
         Op::Quantize { .. } => {
-            let scale = args[1].data[0];
-            args[0].data.iter().map(|&x| x / scale).collect()
+            let inv = 1.0 / args[1].data[0];
+            args[0].data.iter().map(|&x| x * inv).collect()
         }
         Op::Dequantize { .. } => {
             let scale = args[1].data[0];
