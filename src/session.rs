@@ -52,6 +52,8 @@ pub struct SessionOptions {
     pub calibration_passes: usize,
     /// Capture the forward pass as a CUDA graph and replay it.
     pub cuda_graph: bool,
+    /// FP8 GEMMs with Hopper's fast accumulation.
+    pub fast_accum: bool,
 }
 
 /// Compiles `graph` for `device`, loads it with random weights, calibrates FP8 scales and
@@ -72,7 +74,7 @@ pub fn open<'d>(device: &'d Device, graph: &Graph, options: &SessionOptions) -> 
     let inputs = random_inputs(graph, options.seed + 1);
     ready.weights_ms = t.elapsed().as_secs_f64() * 1e3;
 
-    let mut exe = Executable::load(device, compiled.plan.clone(), cubins, &params)?;
+    let mut exe = Executable::load(device, compiled.plan.clone(), cubins, &params, options.fast_accum)?;
     ready.load = exe.load_times.clone();
     exe.set_inputs(&inputs)?;
 

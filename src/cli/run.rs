@@ -26,6 +26,9 @@ pub struct RunArgs {
     /// Launch kernels one by one instead of replaying a captured CUDA graph (for debugging).
     #[arg(long)]
     pub no_cuda_graph: bool,
+    /// FP8 GEMMs with full f32 accumulation instead of Hopper's fast accumulation.
+    #[arg(long)]
+    pub no_fast_accum: bool,
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
@@ -41,6 +44,7 @@ impl RunArgs {
             seed: self.seed,
             calibration_passes: self.calibrate,
             cuda_graph: !self.no_cuda_graph,
+            fast_accum: !self.no_fast_accum,
         }
     }
 }

@@ -291,6 +291,30 @@ mod tests {
     }
 
     #[test]
+    fn timings_with_many_digits_round_trip_exactly() {
+        // Measured medians have 17 significant digits; the checksum covers them, so reading one
+        // back must give the very same f64 (serde_json's `float_roundtrip`), or every entry would
+        // look corrupted (seen on the device before the feature was on).
+        let (store, dir) = store();
+        let mut a = algo();
+        for median_ms in [
+            0.038_312_345_678_912_34,
+            0.1 + 0.2,
+            1.0 / 3.0,
+            0.095_124_999_999_999_99,
+        ] {
+            a.median_ms = median_ms;
+            store.store(&key(), &a).unwrap();
+            assert_eq!(
+                store.load(&key()),
+                AlgoLookup::Hit(a.clone()),
+                "median {median_ms:e}"
+            );
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn specs_settings_and_gpus_get_their_own_files() {
         let base = key().file_name();
         let mut other = key();

@@ -102,12 +102,14 @@ fn ms(since: Instant) -> f64 {
 
 impl<'d> Executable<'d> {
     /// Allocates the plan's buffers, uploads `params`, loads the cubins and builds (or restores)
-    /// every GEMM and attention plan.
+    /// every GEMM and attention plan. `fast_accum` selects Hopper's fast FP8 accumulation (what
+    /// PyTorch's best recipe uses; it sums differently from full f32 accumulation).
     pub fn load(
         device: &'d Device,
         plan: Plan,
         cubins: &Compilation,
         params: &Bindings,
+        fast_accum: bool,
     ) -> crate::Result<Self> {
         let mut times = LoadTimes::default();
         let t = Instant::now();
@@ -195,7 +197,8 @@ impl<'d> Executable<'d> {
                         GemmSpec::bf16(g.m, g.n, g.k)
                     }
                     .with_ldx(g.ldx)
-                    .with_residual(g.residual.is_some());
+                    .with_residual(g.residual.is_some())
+                    .with_fast_accum(fast_accum && g.x.dtype.is_fp8());
                     let plan_for = gemms.get(&spec).map_err(|e| ExecError::Step {
                         step: i,
                         what: format!("gemm '{}'", g.node),
