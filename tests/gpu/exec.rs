@@ -211,49 +211,19 @@ pub fn trials() -> Vec<Trial> {
         Option<usize>,
         f64,
     );
+    #[rustfmt::skip]
     let models: Vec<Model> = vec![
         ("tiny_bf16", "tiny", 2, 2, 16, Precision::Bf16, None, 2e-2),
         ("tiny_fp8", "tiny", 2, 2, 16, Precision::Fp8, None, 3e-2),
-        (
-            "tiny_full_model_fp8",
-            "tiny",
-            2,
-            2,
-            16,
-            Precision::Fp8,
-            Some(100),
-            3e-2,
-        ),
-        (
-            "seed_te_1_layer_fp8_seq64",
-            "seed-te",
-            1,
-            1,
-            64,
-            Precision::Fp8,
-            None,
-            3e-2,
-        ),
-        (
-            "llama_1b_1_layer_bf16_seq64",
-            "llama-3.2-1b",
-            1,
-            1,
-            64,
-            Precision::Bf16,
-            None,
-            2e-2,
-        ),
-        (
-            "llama_1b_2_layers_fp8_seq64",
-            "llama-3.2-1b",
-            2,
-            1,
-            64,
-            Precision::Fp8,
-            None,
-            3e-2,
-        ),
+        ("tiny_full_model_fp8", "tiny", 2, 2, 16, Precision::Fp8, Some(100), 3e-2),
+        ("seed_te_1_layer_fp8_seq64", "seed-te", 1, 1, 64, Precision::Fp8, None, 3e-2),
+        ("llama_1b_1_layer_bf16_seq64", "llama-3.2-1b", 1, 1, 64, Precision::Bf16, None, 2e-2),
+        ("llama_1b_1_layer_fp8_seq64", "llama-3.2-1b", 1, 1, 64, Precision::Fp8, None, 3e-2),
+        // Two layers quantize eight times: cuDNN's attention (2e-3 from the f32 reference; its
+        // probabilities are bf16) and the bf16 roundings of GEMM outputs move some values across
+        // e4m3 rounding boundaries, a whole e4m3 step (6 %) each. Measured 4.0e-2 with exact and
+        // 4.2e-2 with fast accumulation on the H100; bounded at 6e-2.
+        ("llama_1b_2_layers_fp8_seq64", "llama-3.2-1b", 2, 1, 64, Precision::Fp8, None, 6e-2),
     ];
     for (label, preset, layers, batch, seq, precision, vocab, tolerance) in models {
         for fusion in [true, false] {
@@ -271,5 +241,13 @@ pub fn trials() -> Vec<Trial> {
             }));
         }
     }
+    // The benchmark's configuration: FP8 GEMMs with fast accumulation.
+    trials.push(gpu_trial(
+        "exec::model::llama_1b_2_layers_fp8_seq64::fast_accumulation",
+        || {
+            let graph = model("llama-3.2-1b", 2, 1, 64, Precision::Fp8, None);
+            check_with(&graph, true, true, 6e-2).map(|_| ())
+        },
+    ));
     trials
 }
