@@ -6,7 +6,10 @@
 //! `XDG_CACHE_HOME=` never scatters cache files into the working directory.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 /// Overrides every other location when set to an absolute path.
 pub const ENV_VAR: &str = "LANCET_CACHE_DIR";
@@ -20,6 +23,19 @@ pub fn root() -> Option<PathBuf> {
 /// writers create it when they first store something, so reading never touches the disk layout.
 pub fn subdir(kind: &str) -> Option<PathBuf> {
     root().map(|root| root.join(kind))
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed over it, so a concurrent reader
+/// (another lancet process) sees the old entry or the new one, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// SHA-256 of `bytes` as lowercase hex: the checksum every cache entry carries.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn resolve(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {

@@ -14,7 +14,6 @@ use std::io;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::error::Version;
 use super::spec::GemmSpec;
@@ -172,9 +171,7 @@ impl AlgoStore {
         let bytes = serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?;
         fs::create_dir_all(&self.dir)?;
         let path = self.path(key);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        fs::write(&tmp, bytes)?;
-        fs::rename(&tmp, &path)?;
+        cache_dir::write_atomically(&path, &bytes)?;
         Ok(path)
     }
 }
@@ -209,7 +206,7 @@ fn checksum(algo: &StoredAlgo) -> io::Result<String> {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    cache_dir::sha256_hex(bytes)
 }
 
 /// The algorithm words as 16-digit hex strings: JSON numbers would lose bits above 2⁵³ in

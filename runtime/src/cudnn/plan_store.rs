@@ -142,9 +142,7 @@ impl PlanStore {
         bytes.extend_from_slice(&plan.json);
         fs::create_dir_all(&self.dir)?;
         let path = self.path(key);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        fs::write(&tmp, bytes)?;
-        fs::rename(&tmp, &path)?;
+        cache_dir::write_atomically(&path, &bytes)?;
         Ok(path)
     }
 }

@@ -6,12 +6,12 @@
 //! write, a hand edit, a hash collision) is detected, reported by field, and recompiled — never
 //! loaded.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::nvrtc::PtxasReport;
+use crate::cache_dir::write_atomically;
 
 /// Everything a cubin depends on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,9 +31,7 @@ struct Sidecar {
     log: String,
 }
 
-pub fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::cache_dir::sha256_hex as sha256;
 
 impl Signature {
     pub fn key(&self) -> String {
@@ -119,20 +117,14 @@ impl Cache {
             report: report.clone(),
             log: log.to_string(),
         };
-        atomic_write(&cubin_path, cubin)?;
-        atomic_write(
+        write_atomically(&cubin_path, cubin)?;
+        write_atomically(
             &json_path,
             serde_json::to_string_pretty(&sidecar)
                 .expect("sidecars serialize")
                 .as_bytes(),
         )
     }
-}
-
-fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn mismatch(stored: &Signature, wanted: &Signature) -> Option<&'static str> {
