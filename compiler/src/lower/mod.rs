@@ -37,8 +37,10 @@ struct Lowering<'g> {
     graph: &'g Graph,
     buffers: Vec<Buffer>,
     steps: Vec<Step>,
+    /// The spec of every kernel step (indexed by `KernelStep::kernel` until `finish` dedups them
+    /// into [`Plan::kernels`]).
     specs: Vec<KernelSpec>,
-    /// Kernel steps in `steps`, by spec index: merged into [`Plan::kernels`] at the end.
+    /// Each lowered node's value, by node id.
     values: Vec<Option<View>>,
     amax_slots: Vec<String>,
 }

@@ -94,7 +94,7 @@ impl Buffers {
     }
 
     /// The device address of a view's element 0.
-    pub fn address(&self, _plan: &Plan, view: &View) -> CUdeviceptr {
+    pub fn address(&self, view: &View) -> CUdeviceptr {
         self.base[view.buffer] + (view.offset * view.dtype.size_bytes()) as u64
     }
 

@@ -175,8 +175,8 @@ impl<'d> Executable<'d> {
                 Step::Kernel(k) => {
                     let mut params = Vec::new();
                     for ((args, out), amax) in k.args.iter().zip(&k.outs).zip(&k.amax) {
-                        params.extend(args.iter().map(|v| buffers.address(&plan, v)));
-                        params.push(buffers.address(&plan, out));
+                        params.extend(args.iter().map(|v| buffers.address(v)));
+                        params.push(buffers.address(out));
                         params.extend(amax.iter().map(|&slot| buffers.amax_address(slot)));
                     }
                     Launch::Kernel {
@@ -208,14 +208,14 @@ impl<'d> Executable<'d> {
                     Launch::Gemm {
                         plan: plan_for,
                         pointers: GemmPointers {
-                            x: buffers.address(&plan, &g.x),
-                            w: buffers.address(&plan, &g.w),
+                            x: buffers.address(&g.x),
+                            w: buffers.address(&g.w),
                             scales: g.scales.as_ref().map(|(x, w)| ScalePointers {
-                                x: buffers.address(&plan, x),
-                                w: buffers.address(&plan, w),
+                                x: buffers.address(x),
+                                w: buffers.address(w),
                             }),
-                            residual: g.residual.as_ref().map(|r| buffers.address(&plan, r)),
-                            out: buffers.address(&plan, &g.out),
+                            residual: g.residual.as_ref().map(|r| buffers.address(r)),
+                            out: buffers.address(&g.out),
                         },
                     }
                 }
@@ -240,10 +240,10 @@ impl<'d> Executable<'d> {
                     Launch::Attention {
                         plan: lookup.plan,
                         pointers: AttentionPointers {
-                            q: buffers.address(&plan, &a.q),
-                            k: buffers.address(&plan, &a.k),
-                            v: buffers.address(&plan, &a.v),
-                            o: buffers.address(&plan, &a.o),
+                            q: buffers.address(&a.q),
+                            k: buffers.address(&a.k),
+                            v: buffers.address(&a.v),
+                            o: buffers.address(&a.o),
                         },
                         scale: a.scale,
                     }
