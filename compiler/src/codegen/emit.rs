@@ -319,11 +319,9 @@ fn elementwise(spec: &KernelSpec) -> String {
             job.numel() / job.vec
         )
         .unwrap();
-        writeln!(code, "    const i64 i_last = (t % {}) * V;", last / job.vec).unwrap();
-        code.push_str(&split_index(
-            &format!("t / {}", last / job.vec),
-            &job.shape[..rank - 1],
-        ));
+        writeln!(code, "        const i64 i_last = (t % {}) * V;", last / job.vec).unwrap();
+        let split = split_index(&format!("t / {}", last / job.vec), &job.shape[..rank - 1]);
+        split.lines().for_each(|l| writeln!(code, "    {l}").unwrap());
         writeln!(code, "{}    }}", body.code).unwrap();
         for q in 0..body.amax {
             writeln!(code, "    record_amax(amax_ptr{q}, amax{q});").unwrap();
