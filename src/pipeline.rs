@@ -51,6 +51,20 @@ pub struct Compiled {
     pub phases: Phases,
 }
 
+/// NVRTC on a plan's kernels: the cubins, or why NVRTC is unavailable (after fetching it with pip
+/// when asked). A kernel that fails to compile or spills is an error: a compiler bug.
+pub fn build_kernels(plan: &Plan, options: &CompileOptions) -> anyhow::Result<Result<Compilation, JitError>> {
+    let mut result = jit::compile(&plan.kernels, &options.jit);
+    if options.fetch && matches!(result, Err(JitError::Missing(_))) {
+        jit::toolkit::fetch_with_pip()?;
+        result = jit::compile(&plan.kernels, &options.jit);
+    }
+    if let Err(e @ (JitError::Compile { .. } | JitError::Spill { .. })) = &result {
+        anyhow::bail!("{e}");
+    }
+    Ok(result)
+}
+
 pub fn compile(graph: &Graph, options: &CompileOptions) -> anyhow::Result<Compiled> {
     let t0 = Instant::now();
     let (optimized, report) = optimize(graph, &options.rewrite)?;
@@ -59,19 +73,10 @@ pub fn compile(graph: &Graph, options: &CompileOptions) -> anyhow::Result<Compil
     let plan = lower_with(&optimized, &LowerOptions { merge_launches })?;
     let t2 = Instant::now();
     let cubins = if options.nvrtc {
-        let mut result = jit::compile(&plan.kernels, &options.jit);
-        if options.fetch && matches!(result, Err(JitError::Missing(_))) {
-            jit::toolkit::fetch_with_pip()?;
-            result = jit::compile(&plan.kernels, &options.jit);
-        }
-        result
+        build_kernels(&plan, options)?
     } else {
         Err(JitError::Missing("not requested (--no-nvrtc)".into()))
     };
-    if let Err(e @ (JitError::Compile { .. } | JitError::Spill { .. })) = &cubins {
-        // A generated kernel that does not compile, or spills, is a compiler bug: stop here.
-        anyhow::bail!("{e}");
-    }
     let t3 = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let phases = Phases {

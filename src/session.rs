@@ -10,7 +10,7 @@ use lancet_compiler::weights::{random_inputs, random_params};
 use lancet_runtime::device::Device;
 use lancet_runtime::exec::Executable;
 
-use crate::pipeline::{compile, CompileOptions, Compiled};
+use crate::pipeline::{build_kernels, compile, CompileOptions, Compiled};
 
 /// The NVRTC target for a device: `sm_90a` (architecture-specific features) on Hopper, plain
 /// `sm_XY` elsewhere.
@@ -61,20 +61,39 @@ pub struct SessionOptions {
 pub fn open<'d>(device: &'d Device, graph: &Graph, options: &SessionOptions) -> Result<Session<'d>> {
     let mut compile_options = options.compile.clone();
     compile_options.jit.arch = arch_of(device);
-    let compiled = compile(graph, &compile_options)?;
-    let cubins = compiled
-        .cubins
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("running on the GPU needs NVRTC")?;
+    // Rewrite and lower here; NVRTC runs on another thread while the weights are made and the
+    // library plans are built, since none of those needs the cubins.
+    let mut compiled = compile(
+        graph,
+        &CompileOptions {
+            nvrtc: false,
+            ..compile_options.clone()
+        },
+    )?;
     let mut ready = ReadyTimes::default();
-
-    let t = Instant::now();
-    let mut params = random_params(graph, options.seed)?;
-    let inputs = random_inputs(graph, options.seed + 1);
-    ready.weights_ms = t.elapsed().as_secs_f64() * 1e3;
-
-    let mut exe = Executable::load(device, compiled.plan.clone(), cubins, &params, options.fast_accum)?;
+    let (mut exe, mut params, inputs, cubins, nvrtc_ms) = std::thread::scope(|scope| -> Result<_> {
+        let plan = &compiled.plan;
+        let nvrtc = scope.spawn(|| {
+            let t = Instant::now();
+            build_kernels(plan, &compile_options).map(|cubins| (cubins, t.elapsed().as_secs_f64() * 1e3))
+        });
+        let t = Instant::now();
+        let params = random_params(graph, options.seed)?;
+        let inputs = random_inputs(graph, options.seed + 1);
+        ready.weights_ms = t.elapsed().as_secs_f64() * 1e3;
+        let prepared = Executable::prepare(device, plan.clone(), &params, options.fast_accum)?;
+        let (cubins, nvrtc_ms) = nvrtc.join().expect("the NVRTC thread does not panic")?;
+        let exe = {
+            let compilation = cubins
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("running on the GPU needs NVRTC")?;
+            prepared.finish(compilation)?
+        };
+        Ok((exe, params, inputs, cubins, nvrtc_ms))
+    })?;
+    compiled.cubins = cubins;
+    compiled.phases.nvrtc_ms = nvrtc_ms;
     ready.load = exe.load_times.clone();
     exe.set_inputs(&inputs)?;
 

@@ -100,6 +100,86 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
+/// A plan loaded but for its kernels: see [`Executable::prepare`].
+pub struct Prepared<'d> {
+    device: &'d Device,
+    plan: Plan,
+    buffers: Buffers,
+    launches: Vec<Pending>,
+    attention: AttentionPlans,
+    load_times: LoadTimes,
+}
+
+/// A step resolved except, for kernels, the function to launch.
+enum Pending {
+    Kernel {
+        kernel: usize,
+        params: Vec<u64>,
+        config: LaunchConfig,
+    },
+    Ready(Launch),
+}
+
+impl<'d> Prepared<'d> {
+    /// Loads the cubins and completes the executable.
+    pub fn finish(self, cubins: &Compilation) -> crate::Result<Executable<'d>> {
+        let Prepared {
+            device,
+            plan,
+            buffers,
+            launches,
+            attention,
+            load_times: mut times,
+        } = self;
+        let t = Instant::now();
+        let mut modules = Vec::with_capacity(cubins.kernels.len());
+        let mut functions = Vec::with_capacity(cubins.kernels.len());
+        for compiled in &cubins.kernels {
+            let ctx = device.stream().context();
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin.clone()))
+                .map_err(|e| ExecError::Kernel {
+                    kernel: compiled.name.clone(),
+                    problem: format!("cuModuleLoadData failed: {e}"),
+                })?;
+            let function = module
+                .load_function(&compiled.name)
+                .map_err(|e| ExecError::Kernel {
+                    kernel: compiled.name.clone(),
+                    problem: format!("cuModuleGetFunction failed: {e}"),
+                })?;
+            modules.push(module);
+            functions.push(function);
+        }
+        times.modules_ms = ms(t);
+        let launches = launches
+            .into_iter()
+            .map(|pending| match pending {
+                Pending::Kernel {
+                    kernel,
+                    params,
+                    config,
+                } => Launch::Kernel {
+                    function: functions[kernel].clone(),
+                    params,
+                    config,
+                },
+                Pending::Ready(launch) => launch,
+            })
+            .collect();
+        Ok(Executable {
+            device,
+            plan,
+            buffers,
+            launches,
+            attention,
+            _modules: modules,
+            graph: None,
+            load_times: times,
+        })
+    }
+}
+
 impl<'d> Executable<'d> {
     /// Allocates the plan's buffers, uploads `params`, loads the cubins and builds (or restores)
     /// every GEMM and attention plan. `fast_accum` selects Hopper's fast FP8 accumulation (what
@@ -111,6 +191,17 @@ impl<'d> Executable<'d> {
         params: &Bindings,
         fast_accum: bool,
     ) -> crate::Result<Self> {
+        Self::prepare(device, plan, params, fast_accum)?.finish(cubins)
+    }
+
+    /// [`load`](Self::load) up to the kernels: everything that does not need the cubins, so
+    /// NVRTC can compile them meanwhile (on another thread) and [`Prepared::finish`] load them.
+    pub fn prepare(
+        device: &'d Device,
+        plan: Plan,
+        params: &Bindings,
+        fast_accum: bool,
+    ) -> crate::Result<Prepared<'d>> {
         let mut times = LoadTimes::default();
         let t = Instant::now();
         let buffers = Buffers::allocate(device, &plan)?;
@@ -145,28 +236,6 @@ impl<'d> Executable<'d> {
             })?;
         times.upload_ms = ms(t);
 
-        let t = Instant::now();
-        let mut modules = Vec::with_capacity(cubins.kernels.len());
-        let mut functions = Vec::with_capacity(cubins.kernels.len());
-        for compiled in &cubins.kernels {
-            let ctx = device.stream().context();
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin.clone()))
-                .map_err(|e| ExecError::Kernel {
-                    kernel: compiled.name.clone(),
-                    problem: format!("cuModuleLoadData failed: {e}"),
-                })?;
-            let function = module
-                .load_function(&compiled.name)
-                .map_err(|e| ExecError::Kernel {
-                    kernel: compiled.name.clone(),
-                    problem: format!("cuModuleGetFunction failed: {e}"),
-                })?;
-            modules.push(module);
-            functions.push(function);
-        }
-        times.modules_ms = ms(t);
-
         let gemms = Gemms::new(device)?;
         let attention = AttentionPlans::new(device, crate::cudnn::PlanStore::from_env())?;
         let mut launches = Vec::with_capacity(plan.steps.len());
@@ -179,8 +248,8 @@ impl<'d> Executable<'d> {
                         params.push(buffers.address(out));
                         params.extend(amax.iter().map(|&slot| buffers.amax_address(slot)));
                     }
-                    Launch::Kernel {
-                        function: functions[k.kernel].clone(),
+                    Pending::Kernel {
+                        kernel: k.kernel,
                         params,
                         config: LaunchConfig {
                             grid_dim: (k.grid, 1, 1),
@@ -205,7 +274,7 @@ impl<'d> Executable<'d> {
                         problem: e.to_string(),
                     })?;
                     times.gemm_tuning_ms += ms(t);
-                    Launch::Gemm {
+                    Pending::Ready(Launch::Gemm {
                         plan: plan_for,
                         pointers: GemmPointers {
                             x: buffers.address(&g.x),
@@ -217,7 +286,7 @@ impl<'d> Executable<'d> {
                             residual: g.residual.as_ref().map(|r| buffers.address(r)),
                             out: buffers.address(&g.out),
                         },
-                    }
+                    })
                 }
                 Step::Attention(a) => {
                     let t = Instant::now();
@@ -237,7 +306,7 @@ impl<'d> Executable<'d> {
                         eprintln!("warning: {w}");
                     }
                     times.attention_plans_ms += ms(t);
-                    Launch::Attention {
+                    Pending::Ready(Launch::Attention {
                         plan: lookup.plan,
                         pointers: AttentionPointers {
                             q: buffers.address(&a.q),
@@ -246,19 +315,17 @@ impl<'d> Executable<'d> {
                             o: buffers.address(&a.o),
                         },
                         scale: a.scale,
-                    }
+                    })
                 }
             };
             launches.push(launch);
         }
-        Ok(Executable {
+        Ok(Prepared {
             device,
             plan,
             buffers,
             launches,
             attention,
-            _modules: modules,
-            graph: None,
             load_times: times,
         })
     }
