@@ -125,32 +125,6 @@ impl Plan {
             .filter(|s| matches!(s, Step::Attention(_)))
             .count()
     }
-
-    /// Bytes read and written by every step (each view's elements once per reading step).
-    pub fn bytes_moved(&self) -> usize {
-        let b = |v: &View| v.numel() * v.dtype.size_bytes();
-        self.steps
-            .iter()
-            .map(|s| match s {
-                Step::Kernel(k) => {
-                    k.args
-                        .iter()
-                        .flatten()
-                        .map(|v| {
-                            if v.strides.iter().all(|&s| s == 0) {
-                                0
-                            } else {
-                                b(v)
-                            }
-                        })
-                        .sum::<usize>()
-                        + k.outs.iter().map(b).sum::<usize>()
-                }
-                Step::Gemm(g) => b(&g.x) + b(&g.w) + g.residual.as_ref().map_or(0, b) + b(&g.out),
-                Step::Attention(a) => b(&a.q) + b(&a.k) + b(&a.v) + b(&a.o),
-            })
-            .sum()
-    }
 }
 
 fn view(plan: &Plan, v: &View) -> String {

@@ -102,6 +102,31 @@ pub fn below(egraph: &Graph, node: &ENode, id: Id) -> bool {
     node.children.iter().all(|&c| egraph[c].data.rank < rank)
 }
 
+/// The distinct e-classes with an e-node reading class `id` (itself excluded: identity rules
+/// make a class its own parent).
+pub fn parent_classes(egraph: &Graph, id: Id) -> Vec<Id> {
+    let id = egraph.find(id);
+    let mut parents: Vec<Id> = egraph[id]
+        .parents()
+        .map(|p| egraph.find(p))
+        .filter(|&p| p != id)
+        .collect();
+    parents.sort_unstable();
+    parents.dedup();
+    parents
+}
+
+/// How many graph outputs class `id` is.
+pub fn roots_of(egraph: &Graph, id: Id) -> usize {
+    let id = egraph.find(id);
+    egraph
+        .analysis
+        .roots
+        .iter()
+        .filter(|&&r| egraph.find(r) == id)
+        .count()
+}
+
 /// The one value that reads e-class `id`, if exactly one does: fusing a value into its reader is
 /// only free when nothing else needs it materialised.
 ///
@@ -114,16 +139,10 @@ pub fn sole_consumer(egraph: &Graph, id: Id) -> Option<Id> {
 }
 
 fn sole_consumer_within(egraph: &Graph, id: Id, depth: usize) -> Option<Id> {
-    if egraph.analysis.roots.iter().any(|&r| egraph.find(r) == id) {
+    if roots_of(egraph, id) > 0 {
         return None;
     }
-    let mut parents: Vec<Id> = egraph[id]
-        .parents()
-        .map(|p| egraph.find(p))
-        .filter(|&p| p != id)
-        .collect();
-    parents.sort_unstable();
-    parents.dedup();
+    let parents = parent_classes(egraph, id);
     match parents[..] {
         [] => None,
         [only] => Some(only),

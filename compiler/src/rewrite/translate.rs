@@ -8,7 +8,7 @@ use egg::Id;
 use super::analysis::{Graph as EGraph, Types};
 use super::cost::local_cost;
 use super::lang::ENode;
-use super::rule::{below, sole_consumer};
+use super::rule::{below, parent_classes, roots_of, sole_consumer};
 use crate::ir::{Graph, GraphError, NodeId, Op};
 
 /// The e-graph of `graph`, and its outputs as (name, e-class) in graph order.
@@ -101,20 +101,7 @@ fn readers(egraph: &EGraph, id: Id) -> f64 {
     if sole_consumer(egraph, id).is_some() {
         return 1.0;
     }
-    let mut parents: Vec<Id> = egraph[id]
-        .parents()
-        .map(|p| egraph.find(p))
-        .filter(|&p| p != id)
-        .collect();
-    parents.sort_unstable();
-    parents.dedup();
-    let roots = egraph
-        .analysis
-        .roots
-        .iter()
-        .filter(|&&r| egraph.find(r) == id)
-        .count();
-    (parents.len() + roots).max(1) as f64
+    (parent_classes(egraph, id).len() + roots_of(egraph, id)).max(1) as f64
 }
 
 /// The graph made of the cheapest e-node of every class the outputs need, and its estimated cost
