@@ -9,7 +9,6 @@ use half::bf16;
 use lancet_runtime::attention::{AttentionLayout, AttentionPlan, AttentionPlans, AttentionPointers};
 use lancet_runtime::attention::{AttentionShape, AttentionSpec, PlanSource};
 use lancet_runtime::compiler::reference::kernels::{attention, AttentionDims};
-use lancet_runtime::compiler::reference::rel_l2;
 use lancet_runtime::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use lancet_runtime::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use lancet_runtime::cudnn::{
@@ -18,7 +17,7 @@ use lancet_runtime::cudnn::{
 use lancet_runtime::cudnn::{StoredPlan, TensorSpec};
 use libtest_mimic::{Failed, Trial};
 
-use crate::support::{device, fail, gpu_trial, random_bf16, to_bf16, to_f32};
+use crate::support::{device, fail, gpu_trial, random_bf16, to_bf16, to_f32, within};
 
 /// The accuracy bar: bf16 inputs and a bf16 softmax inside cuDNN land near 2e-3.
 const TOLERANCE: f64 = 1e-2;
@@ -332,17 +331,7 @@ impl Buffers {
 
 /// Fails unless `got` is within [`TOLERANCE`] of the reference; returns the error.
 fn compare(what: &str, got: &[f32], want: &[f32]) -> Result<f64, Failed> {
-    let err = rel_l2(got, want);
-    let nans = got.iter().filter(|x| x.is_nan()).count();
-    if err <= TOLERANCE {
-        Ok(err)
-    } else {
-        Err(format!(
-            "{what}: rel L2 {err:.3e} > {TOLERANCE:e} ({nans} of {} outputs NaN)",
-            got.len()
-        )
-        .into())
-    }
+    within(what, got, want, TOLERANCE)
 }
 
 fn correct(case: Case) -> Result<(), Failed> {

@@ -8,7 +8,6 @@ use half::bf16;
 use lancet_runtime::compiler::ir::DType;
 use lancet_runtime::compiler::reference::kernels::matmul_nt;
 use lancet_runtime::compiler::reference::numerics::round_to;
-use lancet_runtime::compiler::reference::rel_l2;
 use lancet_runtime::cublaslt::{AlgoKey, AlgoStore, GemmPlan, GemmPointers, GemmSpec, Gemms};
 use lancet_runtime::cublaslt::{Residual, ScalePointers, StoredAlgo, TuneOptions, TuneSource};
 use lancet_runtime::cudarc::cublaslt::sys as lt;
@@ -16,7 +15,7 @@ use lancet_runtime::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCapt
 use lancet_runtime::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use libtest_mimic::{Failed, Trial};
 
-use crate::support::{device, fail, gpu_trial, seed, to_bf16, to_f32};
+use crate::support::{device, fail, gpu_trial, seed, to_bf16, to_f32, within};
 
 /// The accuracy bar. Inputs are exact on both sides; what remains is the bf16 rounding of the
 /// output (~1e-3) and, with fast accumulation, partial sums kept in lower precision.
@@ -356,17 +355,7 @@ impl Buffers {
 
 /// Fails unless `got` is within [`TOLERANCE`] of the reference; returns the error.
 fn compare(what: &str, got: &[f32], want: &[f32]) -> Result<f64, Failed> {
-    let err = rel_l2(got, want);
-    let nans = got.iter().filter(|x| x.is_nan()).count();
-    if err <= TOLERANCE {
-        Ok(err)
-    } else {
-        Err(format!(
-            "{what}: rel L2 {err:.3e} > {TOLERANCE:e} ({nans} of {} outputs NaN)",
-            got.len()
-        )
-        .into())
-    }
+    within(what, got, want, TOLERANCE)
 }
 
 fn correct(case: Case) -> Result<(), Failed> {

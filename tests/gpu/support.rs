@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 use half::bf16;
+use lancet_runtime::compiler::reference::rel_l2;
 use lancet_runtime::device::{self, Device};
 use libtest_mimic::{Completion, Failed, Trial};
 
@@ -69,6 +70,22 @@ pub fn to_bf16(values: &[f32]) -> Vec<bf16> {
 
 pub fn to_f32(values: &[bf16]) -> Vec<f32> {
     values.iter().map(|x| x.to_f32()).collect()
+}
+
+/// Fails unless `got` is within `tolerance` (relative L2) of `want`; returns the error. NaN —
+/// an output element the run never wrote over its poison — fails any tolerance.
+pub fn within(what: &str, got: &[f32], want: &[f32], tolerance: f64) -> Result<f64, Failed> {
+    let err = rel_l2(got, want);
+    let nans = got.iter().filter(|x| x.is_nan()).count();
+    if err <= tolerance {
+        Ok(err)
+    } else {
+        Err(format!(
+            "{what}: rel L2 {err:.3e} > {tolerance:e} ({nans} of {} outputs NaN)",
+            got.len()
+        )
+        .into())
+    }
 }
 
 /// Turns any error into a test failure that keeps its message.
