@@ -11,7 +11,12 @@
 //! median, min and max per call over `--samples` samples, after `--warmup` untimed calls.
 //! `benches/torch_attention.py` times PyTorch's cuDNN attention the same way.
 
-use std::path::{Path, PathBuf};
+#[path = "common/options.rs"]
+mod options;
+
+use options::Options;
+
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,49 +34,17 @@ use serde_json::{json, Value};
 /// The flag the parent passes to the child processes that measure plan builds and restores.
 const PLAN_PROBE: &str = "--plan-probe";
 
-struct Options {
-    json: Option<PathBuf>,
-    samples: usize,
-    calls: usize,
-    warmup: usize,
-}
-
 fn main() {
     let started = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some(PLAN_PROBE) => plan_probe(Path::new(args.get(1).map_or("", String::as_str)), started),
-        _ => parse(&args).and_then(|options| run(&options)),
+        _ => options::parse(&args).and_then(|options| run(&options)),
     };
     if let Err(e) = result {
         eprintln!("attention bench: error: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn parse(args: &[String]) -> Result<Options> {
-    let mut options = Options {
-        json: None,
-        samples: 30,
-        calls: 20,
-        warmup: 20,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--json" => options.json = Some(PathBuf::from(value()?)),
-            "--samples" => options.samples = value()?.parse()?,
-            "--calls" => options.calls = value()?.parse()?,
-            "--warmup" => options.warmup = value()?.parse()?,
-            "--bench" => {} // passed by `cargo bench`
-            other => bail!("unknown argument {other:?}"),
-        }
-    }
-    if options.samples == 0 || options.calls == 0 {
-        bail!("--samples and --calls must be at least 1");
-    }
-    Ok(options)
 }
 
 /// The timed shapes: the headline GQA shape, the same with 32 KV heads, head dim 128, and

@@ -15,6 +15,11 @@
 //! max per call over `--samples` samples, after `--warmup` untimed calls.
 //! `benches/torch_gemm.py` times `torch._scaled_mm` the same way.
 
+#[path = "common/options.rs"]
+mod options;
+
+use options::Options;
+
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -39,44 +44,13 @@ const CASES: [(&str, usize, usize, bool); 4] = [
     ("down", 2048, 8192, true),
 ];
 
-struct Options {
-    json: Option<std::path::PathBuf>,
-    samples: usize,
-    calls: usize,
-    warmup: usize,
-}
-
 fn main() {
-    let result = parse(&std::env::args().skip(1).collect::<Vec<_>>()).and_then(|options| run(&options));
+    let result =
+        options::parse(&std::env::args().skip(1).collect::<Vec<_>>()).and_then(|options| run(&options));
     if let Err(e) = result {
         eprintln!("gemm bench: error: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn parse(args: &[String]) -> Result<Options> {
-    let mut options = Options {
-        json: None,
-        samples: 30,
-        calls: 20,
-        warmup: 20,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--json" => options.json = Some(value()?.into()),
-            "--samples" => options.samples = value()?.parse()?,
-            "--calls" => options.calls = value()?.parse()?,
-            "--warmup" => options.warmup = value()?.parse()?,
-            "--bench" => {} // passed by `cargo bench`
-            other => bail!("unknown argument {other:?}"),
-        }
-    }
-    if options.samples == 0 || options.calls == 0 {
-        bail!("--samples and --calls must be at least 1");
-    }
-    Ok(options)
 }
 
 /// The GEMM registries the variants come from.
