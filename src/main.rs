@@ -25,10 +25,10 @@ enum Command {
     Compile(cli::compile::CompileCommand),
     /// Explain the rewrites: rules fired, e-graph growth, stop reason, launches and bytes saved.
     Explain(cli::explain::ExplainCommand),
-    /// Run one forward pass on the GPU and print its output's statistics.
+    /// Run one forward pass (GPU, or CPU reference) and print its output's statistics.
     Run(cli::run::RunArgs),
     /// Compile time by phase and steady-state time on the GPU (CUDA-graph replay and eager).
-    Bench(cli::run::BenchArgs),
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => cli::compile::run(args),
         Command::Explain(args) => cli::explain::run(args),
         Command::Run(args) => cli::run::run(args),
-        Command::Bench(args) => cli::run::bench(args),
+        Command::Bench(args) => cli::bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,11 @@
 //! A compiled model loaded on a GPU, with weights, calibrated FP8 scales and inputs: what
 //! `lancet run` and `lancet bench` drive, and what the GPU tests check against the reference.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use lancet_compiler::checkpoint::Checkpoint;
 use lancet_compiler::ir::Graph;
 use lancet_compiler::reference::Bindings;
 use lancet_compiler::weights::{random_inputs, random_params};
@@ -23,11 +25,41 @@ pub fn arch_of(device: &Device) -> String {
     }
 }
 
+/// Where a model's parameters and inputs come from: a checkpoint and an input file, or random
+/// values from a seed for whichever is missing.
+#[derive(Clone, Default)]
+pub struct Data {
+    pub checkpoint: Option<Arc<Checkpoint>>,
+    pub inputs: Option<Bindings>,
+}
+
+impl Data {
+    /// The parameters of `graph`: the checkpoint's, or random from `seed`.
+    pub fn params(&self, graph: &Graph, seed: u64) -> Result<Bindings> {
+        Ok(match &self.checkpoint {
+            Some(checkpoint) => checkpoint.params(graph)?,
+            None => random_params(graph, seed)?,
+        })
+    }
+
+    /// The inputs of `graph`: the given ones, or random from `seed`.
+    pub fn inputs(&self, graph: &Graph, seed: u64) -> Bindings {
+        match &self.inputs {
+            Some(inputs) => inputs.clone(),
+            None => random_inputs(graph, seed),
+        }
+    }
+}
+
 /// Milliseconds of getting from a compiled plan to a ready forward pass.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ReadyTimes {
+    /// Random weights made, or a checkpoint's read and converted (FP8 weights quantized).
     pub weights_ms: f64,
     pub load: lancet_runtime::exec::LoadTimes,
+    /// How long the main thread waited for NVRTC after its own work (0 when NVRTC finished
+    /// first): NVRTC's share of the wall time.
+    pub nvrtc_wait_ms: f64,
     pub calibrate_ms: f64,
     pub capture_ms: f64,
 }
@@ -56,13 +88,21 @@ pub struct SessionOptions {
     pub fast_accum: bool,
 }
 
-/// Compiles `graph` for `device`, loads it with random weights, calibrates FP8 scales and
-/// captures the CUDA graph.
-pub fn open<'d>(device: &'d Device, graph: &Graph, options: &SessionOptions) -> Result<Session<'d>> {
+/// Compiles `graph` for `device`, loads it with `data`'s weights (random ones from the seed when
+/// it has none), calibrates FP8 scales and captures the CUDA graph. `progress` hears the name of
+/// each phase as it starts.
+pub fn open<'d>(
+    device: &'d Device,
+    graph: &Graph,
+    data: &Data,
+    options: &SessionOptions,
+    progress: &dyn Fn(&str),
+) -> Result<Session<'d>> {
     let mut compile_options = options.compile.clone();
     compile_options.jit.arch = arch_of(device);
     // Rewrite and lower here; NVRTC runs on another thread while the weights are made and the
     // library plans are built, since none of those needs the cubins.
+    progress("rewriting and lowering");
     let mut compiled = compile(
         graph,
         &CompileOptions {
@@ -78,11 +118,20 @@ pub fn open<'d>(device: &'d Device, graph: &Graph, options: &SessionOptions) -> 
             build_kernels(plan, &compile_options).map(|cubins| (cubins, t.elapsed().as_secs_f64() * 1e3))
         });
         let t = Instant::now();
-        let params = random_params(graph, options.seed)?;
-        let inputs = random_inputs(graph, options.seed + 1);
+        progress(if data.checkpoint.is_some() {
+            "reading the checkpoint"
+        } else {
+            "making random weights"
+        });
+        let params = data.params(graph, options.seed)?;
+        let inputs = data.inputs(graph, options.seed + 1);
         ready.weights_ms = t.elapsed().as_secs_f64() * 1e3;
+        progress("uploading weights, choosing GEMM algorithms, building attention plans");
         let prepared = Executable::prepare(device, plan.clone(), &params, options.fast_accum)?;
+        progress("waiting for NVRTC");
+        let t = Instant::now();
         let (cubins, nvrtc_ms) = nvrtc.join().expect("the NVRTC thread does not panic")?;
+        ready.nvrtc_wait_ms = t.elapsed().as_secs_f64() * 1e3;
         let exe = {
             let compilation = cubins
                 .as_ref()
@@ -97,6 +146,7 @@ pub fn open<'d>(device: &'d Device, graph: &Graph, options: &SessionOptions) -> 
     ready.load = exe.load_times.clone();
     exe.set_inputs(&inputs)?;
 
+    progress("calibrating FP8 scales");
     let t = Instant::now();
     let quantizing = !compiled.plan.amax_slots.is_empty();
     for _ in 0..if quantizing { options.calibration_passes } else { 0 } {
@@ -112,6 +162,7 @@ pub fn open<'d>(device: &'d Device, graph: &Graph, options: &SessionOptions) -> 
     ready.calibrate_ms = t.elapsed().as_secs_f64() * 1e3;
 
     if options.cuda_graph {
+        progress("capturing the CUDA graph");
         ready.capture_ms = exe.capture()?;
     }
     Ok(Session {

@@ -202,7 +202,85 @@ fn run_without_a_gpu_says_so() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
-        err.contains("lancet run and bench need a CUDA GPU (lancet compile does not)"),
+        err.contains(
+            "lancet run and bench need a CUDA GPU (lancet compile does not, nor lancet run --device cpu)"
+        ),
         "{err}"
     );
+}
+
+fn fixture(file: &str) -> String {
+    format!("{}/tests/fixtures/tiny-llama/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn run_on_the_cpu_reproduces_transformers_and_keeps_existing_outputs() {
+    let out = scratch("cpu-run").join("out.safetensors");
+    let _ = std::fs::remove_file(&out);
+    let out_arg = out.to_str().unwrap();
+    let args = [
+        "run",
+        "--model",
+        &fixture(""),
+        "--input",
+        &fixture("inputs.safetensors"),
+        "--device",
+        "cpu",
+        "--output",
+        out_arg,
+    ];
+    let o = lancet(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("last_hidden_state      3072"),
+        "{}",
+        stdout(&o)
+    );
+    let got = lancet_compiler::checkpoint::read_all(&out).unwrap();
+    let want = lancet_compiler::checkpoint::read_all(std::path::Path::new(&fixture("expected.safetensors")))
+        .unwrap();
+    let (got, want) = (&got["last_hidden_state"], &want["last_hidden_state"]);
+    assert_eq!(got.shape, want.shape);
+    let err = lancet_compiler::reference::rel_l2(&got.data, &want.data);
+    assert!(err <= 1e-4, "rel L2 {err:.2e} against transformers");
+
+    // A second run does not overwrite the output unless told to.
+    let before = std::fs::read(&out).unwrap();
+    let o = lancet(&args);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("exists; pass --force to overwrite it"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert!(lancet(&forced).status.success());
+}
+
+#[test]
+fn bad_checkpoint_runs_fail_with_a_message() {
+    let missing = scratch("bad-inputs").join("none.safetensors");
+    let missing = missing.to_str().unwrap();
+    let (model, weights) = (fixture(""), fixture("model.safetensors"));
+    let cases: [(&[&str], &str); 4] = [
+        (&["--precision", "fp8"], "--precision fp8 needs the GPU"),
+        (
+            &["--input", &weights],
+            "expected one tensor, `input_ids` or `hidden_states`",
+        ),
+        (
+            &["--layers", "3"],
+            "the checkpoint has 2 layers; 3 were asked for",
+        ),
+        (&["--input", missing], "none.safetensors"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["run", "--model", &model, "--device", "cpu"];
+        args.extend_from_slice(extra);
+        let o = lancet(&args);
+        assert!(!o.status.success(), "{extra:?} succeeded");
+        assert!(stderr(&o).contains(want), "{extra:?}: {}", stderr(&o));
+    }
 }

@@ -29,6 +29,7 @@ fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
                 c.layers = 2;
                 c.precision = precision;
                 c.vocab = vocab;
+                c.final_norm = vocab.is_some();
                 let graph = c.build().expect("presets build");
                 let (optimized, _) = optimize(
                     &graph,

@@ -3,9 +3,11 @@
 //! - [`ir`]: the typed graph IR, its builder, JSON format and DOT rendering;
 //! - [`reference`]: the CPU reference interpreter, the oracle for every later stage;
 //! - [`models`]: graph builders for decoder transformers (Llama and its presets);
-//! - [`weights`]: deterministic random parameters and inputs;
+//! - [`weights`]: binding parameters (FP8 quantization at load), deterministic random ones;
+//! - [`checkpoint`]: Hugging Face Llama checkpoints and safetensors inputs and outputs;
 //! - [`summary`]: parameter, FLOP and byte counts of a graph.
 
+pub mod checkpoint;
 pub mod codegen;
 pub mod ir;
 pub mod lower;

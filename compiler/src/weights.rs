@@ -1,4 +1,5 @@
-//! Deterministic random parameters and inputs, for benchmarks and tests without a checkpoint.
+//! Parameters bound to a graph: FP8 weights quantized once at load, whatever their source; and
+//! deterministic random parameters and inputs, for benchmarks and tests without a checkpoint.
 //!
 //! Every tensor's values depend only on the seed, the tensor's name and the element index
 //! (streams are keyed per 64 Ki-element chunk), so they are the same on every machine, in any
@@ -9,7 +10,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 use thiserror::Error;
 
-use crate::ir::{DType, Graph, Init, Op};
+use crate::ir::{DType, Graph, Init, Node, Op};
 use crate::reference::numerics::{fp8_max, round_slice};
 use crate::reference::{Array, Bindings};
 
@@ -80,6 +81,25 @@ pub fn uniform_ints(seed: u64, name: &str, n: usize, bound: usize) -> Vec<f32> {
 /// quantized values; the matching `ScaleOf` param holds `amax / max_finite`, so that
 /// `weight · scale` approximates the Normal draw.
 pub fn random_params(graph: &Graph, seed: u64) -> Result<Bindings, InitError> {
+    bind_params(graph, |node, init| {
+        let n = node.ty.numel();
+        Ok(match init {
+            Init::Normal { std } => normal(seed, &node.name, n, std.get()),
+            Init::Const { value } => vec![value.get(); n],
+            Init::ScaleOf { .. } => unreachable!("bind_params computes scales itself"),
+        })
+    })
+}
+
+/// Values for every param of `graph`, with `values(node, init)` giving the full-precision values
+/// of each param that is not a `ScaleOf` (from a seed, a checkpoint, …). This is where weights
+/// are quantized once, at load: an FP8 weight is divided by its per-tensor scale
+/// `amax / max_finite` and rounded, and the param that is its `ScaleOf` gets that scale. Every
+/// other param is rounded to its dtype.
+pub fn bind_params<E: From<InitError>>(
+    graph: &Graph,
+    mut values: impl FnMut(&Node, &Init) -> Result<Vec<f32>, E>,
+) -> Result<Bindings, E> {
     let mut bindings = HashMap::new();
     let mut scales: HashMap<String, f32> = HashMap::new();
     let params = graph.params();
@@ -89,12 +109,19 @@ pub fn random_params(graph: &Graph, seed: u64) -> Result<Bindings, InitError> {
         let Op::Param { dtype, init, .. } = &node.op else {
             unreachable!()
         };
+        if matches!(init, Init::ScaleOf { .. }) {
+            continue;
+        }
         let n = node.ty.numel();
-        let mut data = match init {
-            Init::Normal { std } => normal(seed, &node.name, n, std.get()),
-            Init::Const { value } => vec![value.get(); n],
-            Init::ScaleOf { .. } => continue,
-        };
+        let mut data = values(node, init)?;
+        if data.len() != n {
+            let message = format!("got {} values for {}", data.len(), node.ty);
+            return Err(InitError {
+                param: node.name.clone(),
+                message,
+            }
+            .into());
+        }
         if let Some(max) = fp8_max(*dtype) {
             let amax = data.par_iter().map(|x| x.abs()).reduce(|| 0.0, f32::max);
             let scale = if amax > 0.0 { amax / max } else { 1.0 };
@@ -104,7 +131,7 @@ pub fn random_params(graph: &Graph, seed: u64) -> Result<Bindings, InitError> {
         round_slice(*dtype, &mut data);
         bindings.insert(
             node.name.clone(),
-            Array::new(node.ty.shape.clone(), data).expect("sized from the type"),
+            Array::new(node.ty.shape.clone(), data).expect("length checked above"),
         );
     }
     for &id in &params {
@@ -121,13 +148,11 @@ pub fn random_params(graph: &Graph, seed: u64) -> Result<Bindings, InitError> {
             message,
         };
         if node.ty.numel() != 1 || node.ty.dtype != DType::F32 {
-            return Err(err(format!("a scale must be an f32 scalar, not {}", node.ty)));
+            return Err(err(format!("a scale must be an f32 scalar, not {}", node.ty)).into());
         }
-        let scale = scales.get(weight).ok_or_else(|| {
-            err(format!(
-                "is the scale of '{weight}', which is not a randomly initialised FP8 param"
-            ))
-        })?;
+        let scale = scales
+            .get(weight)
+            .ok_or_else(|| err(format!("is the scale of '{weight}', which is not an FP8 param")))?;
         bindings.insert(node.name.clone(), Array::scalar(*scale));
     }
     Ok(bindings)

@@ -135,7 +135,7 @@ fn random_graph(seed: u64) -> Graph {
                 }
                 5 => {
                     let (style, rot) = [(RopeStyle::Neox, 8), (RopeStyle::Gptj, 4)][r.next(2) as usize];
-                    b.rope(x, style, 10_000.0, rot)
+                    b.rope(x, style, 10_000.0, rot, None)
                 }
                 6 => {
                     let g = b.param("gain", DType::F32, [8], Init::normal(1.0))?;

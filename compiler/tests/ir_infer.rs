@@ -60,6 +60,7 @@ fn rope(style: RopeStyle, rotary_dim: usize) -> Op {
         style,
         theta: fl(10000.0),
         rotary_dim,
+        scaling: None,
     }
 }
 
@@ -676,6 +677,7 @@ fn invalid_cases() -> Vec<Case> {
                 style: RopeStyle::Neox,
                 theta: fl(0.0),
                 rotary_dim: 8,
+                scaling: None,
             },
             vec![t(F32, &[4, 2, 8])],
             Attr("theta must be positive"),

@@ -40,6 +40,7 @@ fn every_preset_round_trips() {
 fn full_model_with_embedding_round_trips() {
     let mut config = LlamaConfig::preset("tiny").unwrap();
     config.vocab = Some(100);
+    config.final_norm = true;
     let graph = config.build().unwrap();
     let back = json::from_str(&json::to_string(&graph), "g.json").unwrap();
     assert_same(&graph, &back);

@@ -116,6 +116,7 @@ fn tiny_model_runs_and_fp8_tracks_bf16() {
 fn full_model_embeds_ids_and_applies_final_norm() {
     let mut c = LlamaConfig::preset("tiny").unwrap();
     c.vocab = Some(50);
+    c.final_norm = true;
     let g = c.build().unwrap();
     assert!(g.binding("input_ids").is_some() && g.binding("norm.weight").is_some());
     let out = run(&c, 3);

@@ -849,7 +849,7 @@ fn rope_matches_formula_in_both_layouts_full_and_partial() {
         let theta = 10000.0f32;
         let mut b = Builder::new();
         let x = b.input("x", F32, &dims[..]).unwrap();
-        let y = b.rope(x, style, theta, rotary_dim).unwrap();
+        let y = b.rope(x, style, theta, rotary_dim, None).unwrap();
         b.output("y", y).unwrap();
         let data = randn(60, "x", &dims, 1.0);
         let out = run(b, &bind(vec![("x", arr(&dims, data.clone()))]), "y");
@@ -882,7 +882,7 @@ fn rope_with_small_theta_rotates_every_pair_visibly() {
     for style in [RopeStyle::Neox, RopeStyle::Gptj] {
         let mut b = Builder::new();
         let x = b.input("x", F32, dims).unwrap();
-        let y = b.rope(x, style, 2.0, 8).unwrap();
+        let y = b.rope(x, style, 2.0, 8, None).unwrap();
         b.output("y", y).unwrap();
         let data = randn(61, "x", &dims, 1.0);
         let out = run(b, &bind(vec![("x", arr(&dims, data.clone()))]), "y");

@@ -103,4 +103,15 @@ impl Device {
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }
+
+    /// Bytes of device memory in use (by every process) and in total, as the driver reports
+    /// them: the difference between two readings is what this process allocated in between.
+    pub fn memory_used(&self) -> Result<(usize, usize), DeviceError> {
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(driver("binding the context"))?;
+        let (free, total) = cudarc::driver::result::mem_get_info().map_err(driver("cuMemGetInfo"))?;
+        Ok((total - free, total))
+    }
 }

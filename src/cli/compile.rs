@@ -78,7 +78,7 @@ pub fn run(args: &CompileCommand) -> Result<()> {
     if let Some(dir) = &args.dump_kernels {
         check_dump_dir(dir, args.force)?;
     }
-    let model = args.compile.model.load()?;
+    let model = args.compile.model.load(super::model::Target::Gpu)?;
     let compiled = compile(&model.graph, &args.compile.options())?;
     if let Some(dir) = &args.dump_kernels {
         dump(dir, &model.graph, &compiled)?;

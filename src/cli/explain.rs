@@ -57,7 +57,7 @@ fn traffic(plan: &Plan, layer: Option<&str>) -> Traffic {
 }
 
 pub fn run(args: &ExplainCommand) -> Result<()> {
-    let model = args.compile.model.load()?;
+    let model = args.compile.model.load(super::model::Target::Gpu)?;
     let mut on = args.compile.options();
     on.nvrtc = false;
     let off = CompileOptions {

@@ -25,7 +25,7 @@ pub struct GraphArgs {
 }
 
 pub fn run(args: &GraphArgs) -> Result<()> {
-    let model = args.model.load()?;
+    let model = args.model.load(super::model::Target::Gpu)?;
     let graph = &model.graph;
     if args.json {
         print!("{}", json::to_string(graph));

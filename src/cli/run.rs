@@ -1,23 +1,53 @@
-//! `lancet run` and `lancet bench`: a compiled model on the GPU — one forward pass and its
-//! output's statistics, or the compile report plus steady-state timings.
+//! `lancet run`: one forward pass, on the GPU or through the CPU reference interpreter, with its
+//! output's statistics and, on request, the output itself as a safetensors file.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use lancet::session::{open, SessionOptions};
-use lancet_compiler::summary::summarize;
+use lancet_compiler::checkpoint::write_f32;
+use lancet_compiler::ir::Graph;
+use lancet_compiler::reference::{evaluate, Array, Bindings};
 use lancet_runtime::device::Device;
 
 use super::compile::CompileArgs;
+use super::model::{Model, Target};
+use super::progress::Progress;
 use super::table::Table;
+
+/// Where to run: `cpu` (the reference interpreter) or a CUDA device (`cuda`, `cuda:N` or `N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ordinal = |n: &str| {
+            n.parse()
+                .map(DeviceArg::Cuda)
+                .map_err(|_| format!("'{s}' is not a device: cpu, cuda, cuda:N or N"))
+        };
+        match s {
+            "cpu" => Ok(DeviceArg::Cpu),
+            "cuda" => Ok(DeviceArg::Cuda(0)),
+            _ => ordinal(s.strip_prefix("cuda:").unwrap_or(s)),
+        }
+    }
+}
 
 /// Options of commands that run a model.
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
     pub compile: CompileArgs,
-    /// Seed of the random weights and inputs.
+    /// Seed of the random weights and inputs (those a checkpoint or --input do not provide).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Delayed-scaling passes that set FP8 activation scales from recorded amax (0: defaults).
@@ -29,16 +59,22 @@ pub struct RunArgs {
     /// FP8 GEMMs with full f32 accumulation instead of Hopper's fast accumulation.
     #[arg(long)]
     pub no_fast_accum: bool,
-    /// CUDA device ordinal.
-    #[arg(long, default_value_t = 0)]
-    pub device: usize,
+    /// Where to run: cuda, cuda:N (or N), or cpu (the f32 reference interpreter).
+    #[arg(long, default_value = "cuda")]
+    pub device: DeviceArg,
+    /// Write the outputs (`last_hidden_state`, f32) to this safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Overwrite --output if it exists.
+    #[arg(long)]
+    pub force: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 impl RunArgs {
-    fn session_options(&self) -> SessionOptions {
+    pub fn session_options(&self) -> SessionOptions {
         SessionOptions {
             compile: self.compile.options(),
             seed: self.seed,
@@ -47,19 +83,91 @@ impl RunArgs {
             fast_accum: !self.no_fast_accum,
         }
     }
+
+    fn target(&self) -> Target {
+        match self.device {
+            DeviceArg::Cpu => Target::Cpu,
+            DeviceArg::Cuda(_) => Target::Gpu,
+        }
+    }
+
+    /// Fails early, before any work, if --output would overwrite a file without --force.
+    pub fn check_output(&self) -> Result<()> {
+        match &self.output {
+            Some(path) if path.exists() && !self.force => {
+                anyhow::bail!("{} exists; pass --force to overwrite it", path.display())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes `outputs` to --output, shaped as the graph's outputs.
+    pub fn write_output(&self, graph: &Graph, outputs: &HashMap<String, Array>) -> Result<()> {
+        let Some(path) = &self.output else {
+            return Ok(());
+        };
+        let mut tensors = Vec::new();
+        for id in graph.outputs() {
+            let name = &graph.node(id).name;
+            let data = outputs[name].data.clone();
+            let shaped = Array::new(graph.node(id).ty.shape.clone(), data).context("output size")?;
+            tensors.push((name.clone(), shaped));
+        }
+        let refs: Vec<(String, &Array)> = tensors.iter().map(|(n, a)| (n.clone(), a)).collect();
+        write_f32(path, &refs, self.force)?;
+        eprintln!("wrote {}", path.display());
+        Ok(())
+    }
 }
 
-fn open_device(ordinal: usize) -> Result<Device> {
-    Device::open(ordinal).context("lancet run and bench need a CUDA GPU (lancet compile does not)")
+pub fn open_device(device: DeviceArg) -> Result<Device> {
+    let DeviceArg::Cuda(ordinal) = device else {
+        anyhow::bail!("this command needs a CUDA GPU; --device cpu runs only `lancet run`");
+    };
+    Device::open(ordinal).context(
+        "lancet run and bench need a CUDA GPU (lancet compile does not, nor lancet run --device cpu)",
+    )
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
-    let model = args.compile.model.load()?;
-    let device = open_device(args.device)?;
-    let session = open(&device, &model.graph, &args.session_options())?;
-    session.exe.poison_outputs()?;
-    session.exe.run()?;
-    let outputs = session.exe.outputs()?;
+    args.check_output()?;
+    let model = args.compile.model.load(args.target())?;
+    let (outputs, device) = match args.device {
+        DeviceArg::Cpu => (
+            run_cpu(&model, args)?,
+            "CPU (reference interpreter, f32 accumulation)".to_string(),
+        ),
+        DeviceArg::Cuda(_) => {
+            let device = open_device(args.device)?;
+            let progress = Progress::new();
+            let session = open(
+                &device,
+                &model.graph,
+                &model.data,
+                &args.session_options(),
+                &|p| progress.phase(p),
+            )?;
+            drop(progress);
+            session.exe.poison_outputs()?;
+            session.exe.run()?;
+            (session.exe.outputs()?, device.info().to_string())
+        }
+    };
+    args.write_output(&model.graph, &outputs)?;
+    print_outputs(&model.title, &device, &outputs, args.json)
+}
+
+/// The forward pass through the reference interpreter.
+fn run_cpu(model: &Model, args: &RunArgs) -> Result<HashMap<String, Array>> {
+    let progress = Progress::new();
+    progress.phase("loading weights");
+    let mut bindings: Bindings = model.data.params(&model.graph, args.seed)?;
+    bindings.extend(model.data.inputs(&model.graph, args.seed + 1));
+    progress.phase("running the reference interpreter");
+    Ok(evaluate(&model.graph, &bindings)?)
+}
+
+fn print_outputs(title: &str, device: &str, outputs: &HashMap<String, Array>, json: bool) -> Result<()> {
     let mut table = Table::new([
         "output",
         "elements",
@@ -69,7 +177,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         "NaN",
         "checksum (Σ)",
     ]);
-    let mut json = Vec::new();
+    let mut rows = Vec::new();
     let mut names: Vec<_> = outputs.keys().cloned().collect();
     names.sort();
     for name in names {
@@ -90,171 +198,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
             nans.to_string(),
             format!("{sum:.6e}"),
         ]);
-        json.push(serde_json::json!({"output": name, "elements": data.len(), "mean": mean, "std": std, "absmax": absmax, "non_finite": nans, "sum": sum}));
+        rows.push(serde_json::json!({"output": name, "elements": data.len(), "mean": mean, "std": std, "absmax": absmax, "non_finite": nans, "sum": sum}));
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"model": model.title, "device": device.info().to_string(), "outputs": json})
-            )?
-        );
+    if json {
+        let report = serde_json::json!({"model": title, "device": device, "outputs": rows});
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{} on {}\n\n{table}", model.title, device.info());
-    }
-    Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub run: RunArgs,
-    /// Timed forward passes.
-    #[arg(long, default_value_t = 50)]
-    pub runs: usize,
-    /// Untimed forward passes first.
-    #[arg(long, default_value_t = 10)]
-    pub warmup: usize,
-    /// Also time every step on its own: where the time goes (GEMMs, attention, kernels, gaps).
-    #[arg(long)]
-    pub profile: bool,
-}
-
-/// Median, min, max and standard deviation of `ms`.
-fn stats(ms: &[f64]) -> serde_json::Value {
-    let mut sorted = ms.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    let median = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    };
-    let mean = sorted.iter().sum::<f64>() / n as f64;
-    let std = (sorted.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
-    serde_json::json!({"median_ms": median, "min_ms": sorted[0], "max_ms": sorted[n - 1], "std_ms": std, "runs": n})
-}
-
-pub fn bench(args: &BenchArgs) -> Result<()> {
-    let start = Instant::now();
-    let model = args.run.compile.model.load()?;
-    let device = open_device(args.run.device)?;
-    let device_ms = start.elapsed().as_secs_f64() * 1e3;
-    let mut options = args.run.session_options();
-    options.cuda_graph = true;
-    let session = open(&device, &model.graph, &options)?;
-    let ready_ms = start.elapsed().as_secs_f64() * 1e3;
-    let flops = summarize(&model.graph).flops.total();
-
-    let graph = stats(&session.exe.time(args.warmup, args.runs, true)?);
-    // The same passes launched one by one, for comparison.
-    let eager = stats(&session.exe.time(args.warmup, args.runs, false)?);
-    let profile = if args.profile {
-        let steps = session.exe.profile(args.runs.min(20))?;
-        let mut by_kind: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
-        for (kind, name, ms) in &steps {
-            let key = if *kind == "kernel" {
-                format!(
-                    "kernel {}",
-                    name.rsplit_once('_').map_or(name.as_str(), |(ops, _)| ops)
-                )
-            } else {
-                kind.to_string()
-            };
-            let e = by_kind.entry(key).or_default();
-            e.0 += 1;
-            e.1 += ms;
-        }
-        Some(by_kind)
-    } else {
-        None
-    };
-    let p = &session.compiled.phases;
-    let r = &session.ready;
-    let phases = [
-        ("device open (CUDA context)", device_ms),
-        ("rewrite", p.rewrite_ms),
-        ("lower + codegen", p.lower_codegen_ms),
-        ("NVRTC (in parallel with the next five)", p.nvrtc_ms),
-        ("random weights (host)", r.weights_ms),
-        ("allocate", r.load.allocate_ms),
-        ("upload weights", r.load.upload_ms),
-        ("GEMM algorithm selection", r.load.gemm_tuning_ms),
-        ("attention plans", r.load.attention_plans_ms),
-        ("load cubins", r.load.modules_ms),
-        ("calibrate + first pass", r.calibrate_ms),
-        ("CUDA graph capture", r.capture_ms),
-    ];
-    let median = graph["median_ms"].as_f64().unwrap_or(f64::NAN);
-    if args.run.json {
-        let phases: serde_json::Map<String, serde_json::Value> = phases
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "model": model.title, "device": device.info().to_string(),
-                "compile_phases_ms": phases, "ready_ms": ready_ms,
-                "steady_state": {"cuda_graph": graph, "eager": eager},
-                "tflops": flops / (median * 1e-3) / 1e12,
-                "kernel_launches": session.compiled.plan.kernel_launches(),
-                "profile_ms": profile.as_ref().map(|p| p.iter().map(|(k, (n, ms))| (k.clone(), serde_json::json!({"launches": n, "ms": ms}))).collect::<serde_json::Map<_, _>>()),
-                "gemms": session.compiled.plan.gemms(), "attention_calls": session.compiled.plan.attentions(),
-            }))?
-        );
-        return Ok(());
-    }
-    println!("{} on {}\n", model.title, device.info());
-    let mut t = Table::new(["compile phase", "ms"]);
-    for (k, v) in phases {
-        t.row([k.to_string(), format!("{v:.1}")]);
-    }
-    t.row(["total, start to ready".to_string(), format!("{ready_ms:.1}")]);
-    println!("{t}");
-    let mut s = Table::new(["steady state", "median ms", "min", "max", "std", "TFLOP/s"]);
-    for (name, v) in [("CUDA graph replay", &graph), ("launch by launch", &eager)] {
-        let m = v["median_ms"].as_f64().unwrap_or(f64::NAN);
-        s.row([
-            name.to_string(),
-            format!("{m:.3}"),
-            format!("{:.3}", v["min_ms"].as_f64().unwrap_or(f64::NAN)),
-            format!("{:.3}", v["max_ms"].as_f64().unwrap_or(f64::NAN)),
-            format!("{:.3}", v["std_ms"].as_f64().unwrap_or(f64::NAN)),
-            format!("{:.0}", flops / (m * 1e-3) / 1e12),
-        ]);
-    }
-    println!("{s}");
-    if let Some(profile) = profile {
-        let mut t = Table::new([
-            "where the time goes (steps timed alone)",
-            "launches",
-            "ms",
-            "share of replay",
-        ]);
-        let mut total = 0.0;
-        for (kind, (n, ms)) in &profile {
-            total += ms;
-            t.row([
-                kind.clone(),
-                n.to_string(),
-                format!("{ms:.3}"),
-                format!("{:.1} %", 100.0 * ms / median),
-            ]);
-        }
-        t.row([
-            "sum of steps".to_string(),
-            String::new(),
-            format!("{total:.3}"),
-            format!("{:.1} %", 100.0 * total / median),
-        ]);
-        t.row([
-            "gaps (replay − sum)".to_string(),
-            String::new(),
-            format!("{:.3}", median - total),
-            format!("{:.1} %", 100.0 * (median - total) / median),
-        ]);
-        println!("{t}");
+        println!("{title} on {device}\n\n{table}");
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! (the support module's seed).
 
 use lancet::pipeline::CompileOptions;
-use lancet::session::{open, SessionOptions};
+use lancet::session::{open, Data, SessionOptions};
 use lancet_compiler::ir::{Builder, DType, GeluApprox, Graph, Init, RopeStyle};
 use lancet_compiler::models::{LlamaConfig, Precision};
 use lancet_compiler::reference::{evaluate, Bindings};
@@ -37,7 +37,8 @@ fn check_with(graph: &Graph, fusion: bool, fast_accum: bool, tolerance: f64) -> 
         cuda_graph: true,
         fast_accum,
     };
-    let session = open(device, graph, &options).map_err(|e| fail(format!("{e:#}")))?;
+    let session =
+        open(device, graph, &Data::default(), &options, &|_| ()).map_err(|e| fail(format!("{e:#}")))?;
     session.exe.poison_outputs().map_err(fail)?;
     session.exe.run().map_err(fail)?;
     let got = session.exe.outputs().map_err(fail)?;
@@ -94,7 +95,7 @@ fn kernel_cases() -> Vec<(&'static str, Build, f64)> {
                 let qkv = b.input("qkv", DType::BF16, [2, 64, 6 * 64]).unwrap();
                 let k = b.slice(qkv, 2, 256, 320).unwrap();
                 let k = b.reshape(k, [2, 64, 1, 64]).unwrap();
-                b.rope(k, RopeStyle::Neox, 500_000.0, 64).unwrap()
+                b.rope(k, RopeStyle::Neox, 500_000.0, 64, None).unwrap()
             },
             1e-2,
         ),
@@ -102,7 +103,7 @@ fn kernel_cases() -> Vec<(&'static str, Build, f64)> {
             "rope_gptj_partial",
             |b| {
                 let x = b.input("x", DType::BF16, [1, 33, 4, 48]).unwrap();
-                b.rope(x, RopeStyle::Gptj, 10_000.0, 32).unwrap()
+                b.rope(x, RopeStyle::Gptj, 10_000.0, 32, None).unwrap()
             },
             1e-2,
         ),
@@ -181,6 +182,7 @@ fn model(
     c.seq = seq;
     c.precision = precision;
     c.vocab = vocab;
+    c.final_norm = vocab.is_some();
     c.build().expect("builds")
 }
 

@@ -15,7 +15,9 @@
 //! # Ok::<(), lancet_compiler::ir::GraphError>(())
 //! ```
 
-use super::{DType, GeluApprox, Graph, GraphError, Init, NodeId, Op, RopeStyle, Shape, TensorType};
+use super::{
+    DType, GeluApprox, Graph, GraphError, Init, NodeId, Op, RopeScaling, RopeStyle, Shape, TensorType,
+};
 
 /// A handle to a node while building; it is the node's id.
 pub type Tensor = NodeId;
@@ -146,12 +148,20 @@ impl Builder {
         self.node(Op::Concat { axis }, xs)
     }
 
-    pub fn rope(&mut self, x: Tensor, style: RopeStyle, theta: f32, rotary_dim: usize) -> Result<Tensor> {
+    pub fn rope(
+        &mut self,
+        x: Tensor,
+        style: RopeStyle,
+        theta: f32,
+        rotary_dim: usize,
+        scaling: Option<RopeScaling>,
+    ) -> Result<Tensor> {
         self.node(
             Op::Rope {
                 style,
                 theta: theta.into(),
                 rotary_dim,
+                scaling,
             },
             &[x],
         )

@@ -1,6 +1,6 @@
 //! Shape and dtype inference: what each op produces from its operands, or why it cannot.
 
-use super::{DType, Mismatch, Op, Shape, TensorType};
+use super::{DType, Mismatch, Op, RopeScaling, Shape, TensorType};
 
 /// The type `op` produces from operands of types `inputs`.
 pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, Mismatch> {
@@ -20,8 +20,11 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, Mismatch> {
         Op::Slice { axis, start, end } => slice(inputs, *axis, *start, *end),
         Op::Concat { axis } => concat(inputs, *axis),
         Op::Rope {
-            rotary_dim, theta, ..
-        } => rope(inputs, *rotary_dim, theta.get()),
+            rotary_dim,
+            theta,
+            scaling,
+            ..
+        } => rope(inputs, *rotary_dim, theta.get(), scaling.as_ref()),
         Op::Attention { scale, .. } => attention(inputs, scale.get()),
         Op::Add | Op::Mul => binary(inputs),
         Op::Silu | Op::Gelu { .. } => {
@@ -293,7 +296,12 @@ fn concat(inputs: &[&TensorType], axis: usize) -> Result<TensorType, Mismatch> {
     Ok(TensorType::new(first.dtype, dims))
 }
 
-fn rope(inputs: &[&TensorType], rotary_dim: usize, theta: f32) -> Result<TensorType, Mismatch> {
+fn rope(
+    inputs: &[&TensorType],
+    rotary_dim: usize,
+    theta: f32,
+    scaling: Option<&RopeScaling>,
+) -> Result<TensorType, Mismatch> {
     arity(inputs, 1, "1")?;
     let x = inputs[0];
     float_operand(x, "x")?;
@@ -313,6 +321,16 @@ fn rope(inputs: &[&TensorType], rotary_dim: usize, theta: f32) -> Result<TensorT
         return Err(Mismatch::Attribute(format!(
             "theta must be positive, got {theta}"
         )));
+    }
+    if let Some(s) = scaling {
+        let (factor, low, high) = (s.factor.get(), s.low_freq_factor.get(), s.high_freq_factor.get());
+        if !(factor > 0.0 && low > 0.0 && high > low && s.original_context > 0) {
+            return Err(Mismatch::Attribute(format!(
+                "llama3 RoPE scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and \
+                 original_context > 0; got factor {factor}, low {low}, high {high}, context {}",
+                s.original_context
+            )));
+        }
     }
     Ok(x.clone())
 }

@@ -17,6 +17,18 @@ pub enum RopeStyle {
     Gptj,
 }
 
+/// Llama 3's RoPE frequency scaling (Hugging Face's `rope_type: "llama3"`), which stretches a
+/// model trained on `original_context` positions to a longer one: frequencies whose wavelength
+/// exceeds `original_context / low_freq_factor` are divided by `factor`, those shorter than
+/// `original_context / high_freq_factor` are kept, and the band between is interpolated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RopeScaling {
+    pub factor: Float,
+    pub low_freq_factor: Float,
+    pub high_freq_factor: Float,
+    pub original_context: usize,
+}
+
 /// Which GELU formula: the exact one or the tanh approximation most fused kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,11 +77,14 @@ pub enum Op {
     /// `(x0, x1, ...)` joined along `axis`.
     Concat { axis: usize },
     /// `(x [..., seq, heads, head_dim])`: rotary position embedding of the first `rotary_dim`
-    /// channels, position = index along the seq axis, frequency `theta^(-2i/rotary_dim)`.
+    /// channels, position = index along the seq axis, frequency `theta^(-2i/rotary_dim)`, rescaled
+    /// by `scaling` when there is one.
     Rope {
         style: RopeStyle,
         theta: Float,
         rotary_dim: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scaling: Option<RopeScaling>,
     },
     /// `(q [b, hq, sq, d], k [b, hkv, skv, d], v [b, hkv, skv, dv]) -> [b, hq, sq, dv]`:
     /// `softmax(q·kᵀ·scale + mask)·v`. Query head `h` reads KV head `h / (hq / hkv)` (GQA); the

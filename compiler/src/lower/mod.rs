@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use thiserror::Error;
 
 use crate::codegen::{self, JobSpec, KernelSpec};
-use crate::ir::{DType, Graph, Instr, NodeId, Op, Operand, Origin, Program};
+use crate::ir::{DType, Graph, Instr, NodeId, Op, Operand, Origin, Program, RopeScaling};
 pub use layout::{BufferId, View};
 pub use plan::{AttentionStep, Buffer, BufferKind, GemmStep, KernelStep, Plan, Step};
 
@@ -103,14 +103,31 @@ impl<'g> Lowering<'g> {
     }
 
     /// The rotation table of a RoPE over `seq` positions, shared by every kernel that needs it.
-    fn rope_table(&mut self, seq: usize, rotary_dim: usize, theta: f32) -> View {
-        let name = format!("rope_table.s{seq}.r{rotary_dim}.theta{theta}");
+    fn rope_table(
+        &mut self,
+        seq: usize,
+        rotary_dim: usize,
+        theta: f32,
+        scaling: Option<&RopeScaling>,
+    ) -> View {
+        let name = match scaling {
+            None => format!("rope_table.s{seq}.r{rotary_dim}.theta{theta}"),
+            Some(s) => format!(
+                "rope_table.s{seq}.r{rotary_dim}.theta{theta}.llama3_{}_{}_{}_{}",
+                s.factor.get(),
+                s.low_freq_factor.get(),
+                s.high_freq_factor.get(),
+                s.original_context
+            ),
+        };
         let shape = [seq, rotary_dim / 2, 2];
         if let Some(b) = self.buffers.iter().position(|b| b.name == name) {
             return View::contiguous(b, DType::F32, &shape);
         }
         let b = self.buffer(&name, BufferKind::Constant, DType::F32, seq * rotary_dim);
-        self.buffers[b].data = Some(crate::reference::kernels::rope_table(seq, rotary_dim, theta));
+        self.buffers[b].data = Some(crate::reference::kernels::rope_table(
+            seq, rotary_dim, theta, scaling,
+        ));
         View::contiguous(b, DType::F32, &shape)
     }
 
@@ -299,11 +316,14 @@ impl<'g> Lowering<'g> {
         // Each RoPE reads its (cos, sin) table as an extra argument after the program's own.
         for instr in &program.instrs {
             if let Op::Rope {
-                theta, rotary_dim, ..
+                theta,
+                rotary_dim,
+                scaling,
+                ..
             } = instr.op
             {
                 let seq = out.shape[out.shape.len() - 3];
-                let table = self.rope_table(seq, rotary_dim, theta.get());
+                let table = self.rope_table(seq, rotary_dim, theta.get(), scaling.as_ref());
                 args.push(table);
             }
         }

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ir::{Builder, DType, GeluApprox, Graph, GraphError, Init, RopeStyle, Tensor};
+use crate::ir::{Builder, DType, GeluApprox, Graph, GraphError, Init, RopeScaling, RopeStyle, Tensor};
 
 /// Which normalisation each block uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,9 @@ pub struct LlamaConfig {
     pub layers: usize,
     pub rope_theta: f32,
     pub rope_style: RopeStyle,
+    /// Llama 3's long-context frequency scaling (Llama 3.1 and 3.2 checkpoints have one).
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
     /// Channels of each head that RoPE rotates (`head_dim` for full rotary).
     pub rotary_dim: usize,
     pub norm: NormKind,
@@ -70,6 +73,9 @@ pub struct LlamaConfig {
     /// `Some(vocab)` builds a full model (token embedding in, final norm out);
     /// `None` the bare layer stack on hidden states, as the benchmark runs it.
     pub vocab: Option<usize>,
+    /// End with the final norm (`norm.weight`), as Hugging Face's `LlamaModel` does.
+    #[serde(default)]
+    pub final_norm: bool,
 }
 
 /// Preset names accepted by [`LlamaConfig::preset`].
@@ -89,6 +95,7 @@ impl LlamaConfig {
             layers: 16,
             rope_theta: 500_000.0,
             rope_style: RopeStyle::Neox,
+            rope_scaling: None,
             rotary_dim: 64,
             norm: NormKind::Rms,
             norm_eps: 1e-5,
@@ -98,6 +105,7 @@ impl LlamaConfig {
             batch: 2,
             seq: 2048,
             vocab: None,
+            final_norm: false,
         };
         match name {
             "llama-3.2-1b" => Some(llama_1b),
@@ -131,8 +139,9 @@ impl LlamaConfig {
         self.batch * self.seq
     }
 
-    /// Builds the graph: inputs `hidden_states` (`[batch, seq, hidden]` in `dtype`) or, for a full
-    /// model, `input_ids` (i32 `[batch, seq]`); output `last_hidden_state`.
+    /// Builds the graph: inputs `hidden_states` (`[batch, seq, hidden]` in `dtype`) or, with a
+    /// vocabulary, `input_ids` (i32 `[batch, seq]`); output `last_hidden_state`, after the final
+    /// norm when there is one.
     pub fn build(&self) -> Result<Graph, GraphError> {
         let mut b = Builder::new();
         let (bs, s, h) = (self.batch, self.seq, self.hidden);
@@ -149,7 +158,7 @@ impl LlamaConfig {
         for layer in 0..self.layers {
             x = b.scoped(&format!("layers.{layer}"), |b| self.block(b, x))?;
         }
-        if self.vocab.is_some() {
+        if self.final_norm {
             x = b.scoped("norm", |b| self.norm(b, x))?;
         }
         b.output("last_hidden_state", x)?;
@@ -186,7 +195,13 @@ impl LlamaConfig {
         let heads = |b: &mut Builder, t: Tensor, n: usize, rotate: bool| -> Result<Tensor, GraphError> {
             let t = b.reshape(t, [bs, s, n, d])?;
             let t = if rotate {
-                b.rope(t, self.rope_style, self.rope_theta, self.rotary_dim)?
+                b.rope(
+                    t,
+                    self.rope_style,
+                    self.rope_theta,
+                    self.rotary_dim,
+                    self.rope_scaling,
+                )?
             } else {
                 t
             };

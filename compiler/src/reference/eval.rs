@@ -178,16 +178,16 @@ fn compute(id: NodeId, node: &Node, op: &Op, shape: &Shape, args: &[&Array]) -> 
             style,
             theta,
             rotary_dim,
+            scaling,
         } => {
             let d = args[0].shape.dims();
             let r = d.len();
+            let table = kernels::rope_table(d[r - 3], *rotary_dim, theta.get(), scaling.as_ref());
             kernels::rope(
                 &args[0].data,
-                d[r - 3],
-                d[r - 2],
-                d[r - 1],
+                [d[r - 3], d[r - 2], d[r - 1]],
                 *style,
-                theta.get(),
+                &table,
                 *rotary_dim,
             )
         }

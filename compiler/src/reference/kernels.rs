@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::ir::{GeluApprox, RopeStyle};
+use crate::ir::{GeluApprox, RopeScaling, RopeStyle};
 
 /// Rows of `n` features normalised by their root mean square, times `gain`.
 pub fn rms_norm(x: &[f32], gain: &[f32], eps: f32) -> Vec<f32> {
@@ -63,14 +63,37 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// RoPE's inverse frequencies `theta^(-2i / rotary_dim)`, rescaled as Llama 3 does when `scaling`
+/// is given; in f32, step by step as Hugging Face computes them.
+pub fn rope_inv_freq(rotary_dim: usize, theta: f32, scaling: Option<&RopeScaling>) -> Vec<f32> {
+    let plain = (0..rotary_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dim as f32));
+    let Some(s) = scaling else {
+        return plain.collect();
+    };
+    let (factor, low, high) = (s.factor.get(), s.low_freq_factor.get(), s.high_freq_factor.get());
+    let context = s.original_context as f32;
+    let (low_freq_wavelen, high_freq_wavelen) = (context / low, context / high);
+    plain
+        .map(|f| {
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            if wavelen < high_freq_wavelen {
+                f
+            } else if wavelen > low_freq_wavelen {
+                f / factor
+            } else {
+                let smooth = (context / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
+        })
+        .collect()
+}
+
 /// The rotation table RoPE reads: `[seq, rotary_dim / 2, 2]` holding `(cos, sin)` of
-/// `pos · theta^(-2i / rotary_dim)`, computed in f32 as Hugging Face's Llama does. The GPU kernels
-/// read this very table (lowering uploads it), so both sides rotate by identical numbers.
-pub fn rope_table(seq: usize, rotary_dim: usize, theta: f32) -> Vec<f32> {
+/// `pos · inv_freq[i]` ([`rope_inv_freq`]), computed in f32 as Hugging Face's Llama does. The GPU
+/// kernels read this very table (lowering uploads it), so both sides rotate by identical numbers.
+pub fn rope_table(seq: usize, rotary_dim: usize, theta: f32, scaling: Option<&RopeScaling>) -> Vec<f32> {
     let half = rotary_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dim as f32))
-        .collect();
+    let inv_freq = rope_inv_freq(rotary_dim, theta, scaling);
     let mut table = Vec::with_capacity(seq * half * 2);
     for pos in 0..seq {
         for &f in &inv_freq {
@@ -82,18 +105,15 @@ pub fn rope_table(seq: usize, rotary_dim: usize, theta: f32) -> Vec<f32> {
 }
 
 /// Rotary embedding of `x [..., seq, heads, head_dim]`: the position of a row is its index along
-/// the seq axis; angles come from [`rope_table`].
+/// the seq axis; angles come from `table`, made by [`rope_table`].
 pub fn rope(
     x: &[f32],
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
+    [seq, heads, head_dim]: [usize; 3],
     style: RopeStyle,
-    theta: f32,
+    table: &[f32],
     rotary_dim: usize,
 ) -> Vec<f32> {
     let half = rotary_dim / 2;
-    let table = rope_table(seq, rotary_dim, theta);
     let mut out = x.to_vec();
     let row = heads * head_dim;
     out.par_chunks_mut(row).enumerate().for_each(|(r, o)| {
