@@ -60,6 +60,10 @@ pub struct ReadyTimes {
     /// How long the main thread waited for NVRTC after its own work (0 when NVRTC finished
     /// first): NVRTC's share of the wall time.
     pub nvrtc_wait_ms: f64,
+    /// Attention plans built or restored, on their own thread alongside the weights.
+    pub attention_build_ms: f64,
+    /// How long the main thread waited for them: their share of the wall time.
+    pub attention_wait_ms: f64,
     pub calibrate_ms: f64,
     pub capture_ms: f64,
 }
@@ -117,6 +121,9 @@ pub fn open<'d>(
             let t = Instant::now();
             build_kernels(plan, &compile_options).map(|cubins| (cubins, t.elapsed().as_secs_f64() * 1e3))
         });
+        // cuDNN compiles a kernel per attention plan (about a second on a cold cache): on a
+        // third thread, alongside the weights.
+        let attention = scope.spawn(|| Executable::attention_plans(device, plan));
         let t = Instant::now();
         progress(if data.checkpoint.is_some() {
             "reading the checkpoint"
@@ -126,8 +133,13 @@ pub fn open<'d>(
         let params = data.params(graph, options.seed)?;
         let inputs = data.inputs(graph, options.seed + 1);
         ready.weights_ms = t.elapsed().as_secs_f64() * 1e3;
-        progress("uploading weights, choosing GEMM algorithms, building attention plans");
-        let prepared = Executable::prepare(device, plan.clone(), &params, options.fast_accum)?;
+        progress("building attention plans");
+        let t = Instant::now();
+        let (attention, attention_ms) = attention.join().expect("the attention thread does not panic")?;
+        ready.attention_wait_ms = t.elapsed().as_secs_f64() * 1e3;
+        ready.attention_build_ms = attention_ms;
+        progress("uploading weights, choosing GEMM algorithms");
+        let prepared = Executable::prepare(device, plan.clone(), &params, options.fast_accum, attention)?;
         progress("waiting for NVRTC");
         let t = Instant::now();
         let (cubins, nvrtc_ms) = nvrtc.join().expect("the NVRTC thread does not panic")?;

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use cudarc::driver::{CudaFunction, CudaGraph, CudaModule, LaunchConfig, PushKernelArg};
 use lancet_compiler::ir::{DType, Op, Operand};
-use lancet_compiler::lower::{BufferKind, Plan, Step, View};
+use lancet_compiler::lower::{AttentionStep, BufferKind, Plan, Step, View};
 use lancet_compiler::reference::{Array, Bindings};
 use thiserror::Error;
 
@@ -191,16 +191,37 @@ impl<'d> Executable<'d> {
         params: &Bindings,
         fast_accum: bool,
     ) -> crate::Result<Self> {
-        Self::prepare(device, plan, params, fast_accum)?.finish(cubins)
+        let (attention, _) = Self::attention_plans(device, &plan)?;
+        Self::prepare(device, plan, params, fast_accum, attention)?.finish(cubins)
+    }
+
+    /// Builds (or restores from disk) the plan of every attention step of `plan`, returning the
+    /// plans and the milliseconds it took. With a cold cache this is the slowest part of getting
+    /// ready (cuDNN compiles a kernel per plan, about a second), and it needs neither the weights
+    /// nor the GEMMs, so callers run it on a thread of its own while those load.
+    pub fn attention_plans(device: &Device, plan: &Plan) -> crate::Result<(AttentionPlans, f64)> {
+        let t = Instant::now();
+        let plans = AttentionPlans::new(device, crate::cudnn::PlanStore::from_env())?;
+        for (i, step) in plan.steps.iter().enumerate() {
+            if let Step::Attention(a) = step {
+                let lookup = plans.get(&step_spec(i, a)?)?;
+                for w in &lookup.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+        }
+        Ok((plans, ms(t)))
     }
 
     /// [`load`](Self::load) up to the kernels: everything that does not need the cubins, so
     /// NVRTC can compile them meanwhile (on another thread) and [`Prepared::finish`] load them.
+    /// `attention` holds the attention plans (see [`attention_plans`](Self::attention_plans)).
     pub fn prepare(
         device: &'d Device,
         plan: Plan,
         params: &Bindings,
         fast_accum: bool,
+        attention: AttentionPlans,
     ) -> crate::Result<Prepared<'d>> {
         let mut times = LoadTimes::default();
         let t = Instant::now();
@@ -237,7 +258,6 @@ impl<'d> Executable<'d> {
         times.upload_ms = ms(t);
 
         let gemms = Gemms::new(device)?;
-        let attention = AttentionPlans::new(device, crate::cudnn::PlanStore::from_env())?;
         let mut launches = Vec::with_capacity(plan.steps.len());
         for (i, step) in plan.steps.iter().enumerate() {
             let launch = match step {
@@ -290,18 +310,7 @@ impl<'d> Executable<'d> {
                 }
                 Step::Attention(a) => {
                     let t = Instant::now();
-                    let spec = attention_spec(
-                        a.q.shape.as_slice(),
-                        a.k.shape[1],
-                        [&a.q, &a.k, &a.v, &a.o],
-                        a.causal,
-                    );
-                    spec.validate().map_err(|e| ExecError::Step {
-                        step: i,
-                        what: format!("attention '{}'", a.node),
-                        problem: e.to_string(),
-                    })?;
-                    let lookup = attention.get(&spec)?;
+                    let lookup = attention.get(&step_spec(i, a)?)?;
                     for w in &lookup.warnings {
                         eprintln!("warning: {w}");
                     }
@@ -604,6 +613,22 @@ impl<'d> Executable<'d> {
         }
         targets
     }
+}
+
+/// The checked attention spec of step `i`.
+fn step_spec(i: usize, a: &AttentionStep) -> crate::Result<AttentionSpec> {
+    let spec = attention_spec(
+        a.q.shape.as_slice(),
+        a.k.shape[1],
+        [&a.q, &a.k, &a.v, &a.o],
+        a.causal,
+    );
+    spec.validate().map_err(|e| ExecError::Step {
+        step: i,
+        what: format!("attention '{}'", a.node),
+        problem: e.to_string(),
+    })?;
+    Ok(spec)
 }
 
 /// The attention spec of a step: dims from the views, strides as they lie in memory.
