@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs the prebuilt bundle (benches/bundle.sh) on the GPU machine: the GPU tests, the attention
 # and FP8 GEMM benchmarks, and PyTorch's cuDNN attention and `_scaled_mm` for comparison
-# (group `checks`); the headline forward pass side by side with PyTorch's recipes (group
-# `headline`). Builds nothing. Logs and JSON go to $OUT (./out when unset); a short summary is
+# (group `checks`); the headline forward pass side by side with PyTorch's recipes on the same
+# checkpoint (group `headline`); parity with transformers (group `parity`); scaling sweeps (group
+# `sweep`). Builds nothing. Logs and JSON go to $OUT (./out when unset); a short summary is
 # printed last.
 #
-# Usage: benches/device.sh [all|checks|headline]   (default all; one group fits a 10-minute call)
+# Usage: benches/device.sh [all|checks|headline|parity|sweep]   (default all; run one group per
+# 10-minute call)
 #
 # To add a step: one `step NAME COMMAND...` line (its output goes to $OUT/NAME.log), and a few
 # lines in the summary below.
@@ -52,16 +54,21 @@ step gemm-bench-2 "$BUNDLE/gemm-bench" --json "$OUT/gemm_lancet_2.json"
 fi
 
 if want headline; then
-# The headline: Llama-3.2-1B shapes, 8 layers, batch 2, sequence 2048. lancet runs first with
-# empty caches (cold compile), then PyTorch's rows, then lancet again (warm caches; and bracketing
-# PyTorch against clock drift), then lancet's baselines.
-HEADLINE=(--preset llama-3.2-1b --layers 8 --batch 2 --seq 2048 --runs 50 --json)
-json_step() { local name=$1; shift; step "$name" sh -c '"$@" >"$0"' "$OUT/$name.json" "$@"; }
-json_step lancet-fp8-cold "$BUNDLE/lancet" bench "${HEADLINE[@]}" --profile
-step torch-llama python3 benches/torch_llama.py --json "$OUT/torch_llama.json"
-json_step lancet-fp8-warm "$BUNDLE/lancet" bench "${HEADLINE[@]}" --profile
-json_step lancet-fp8-unfused "$BUNDLE/lancet" bench "${HEADLINE[@]}" --fusion off
-json_step lancet-bf16 "$BUNDLE/lancet" bench "${HEADLINE[@]}" --precision bf16
+# The headline: Llama-3.2-1B shapes, 8 layers, batch 2, sequence 2048, on one random checkpoint
+# that both sides load: lancet's rows (FP8 cold and warm, fusion off, bf16) and PyTorch's six,
+# each checked against PyTorch's bf16 eager output.
+step side-by-side python3 benches/side_by_side.py --lancet "$BUNDLE/lancet" --json "$OUT/side_by_side.json"
+fi
+
+if want parity; then
+# A random transformers LlamaModel: transformers, PyTorch's FP8 pipeline and lancet (GPU bf16 and
+# FP8, CPU f32) against transformers' f32 forward pass.
+step hf-parity python3 benches/hf_parity.py --lancet "$BUNDLE/lancet" --json "$OUT/hf_parity.json"
+fi
+
+if want sweep; then
+# Sequence, batch and depth sweeps of lancet FP8 against PyTorch's best row.
+step sweep python3 benches/sweep.py --lancet "$BUNDLE/lancet" --json "$OUT/sweep.json"
 fi
 
 {
@@ -149,52 +156,11 @@ for t in first["tuning"]:
           f"workspace {t['chosen_workspace_size']} B (largest candidate {t['max_candidate_workspace_size']} B)")
 PY
     fi
-    if want headline; then
-    python3 - "$OUT" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-def load(name):
-    try:
-        return json.load(open(os.path.join(out, name)))
-    except (OSError, ValueError):
-        return None
-rows = []  # (approach, median ms, one-time cost)
-for name, title in [("lancet-fp8-cold", "lancet FP8, fusion on (cold caches)"),
-                    ("lancet-fp8-warm", "lancet FP8, fusion on (warm caches)"),
-                    ("lancet-fp8-unfused", "lancet FP8, fusion off (one kernel per glue op)"),
-                    ("lancet-bf16", "lancet bf16, fusion on")]:
-    r = load(name + ".json")
-    if r:
-        graph = r["steady_state"]["cuda_graph"]
-        rows.append((title, graph["median_ms"], f"{r['ready_ms'] / 1e3:.2f} s to ready"))
-torch = load("torch_llama.json")
-for r in (torch or {}).get("rows", []):
-    if "median_ms" in r:
-        cost = f"{r['first_call_s']:.1f} s first call" + (f" + {r['capture_s'] * 1e3:.0f} ms capture" if r.get("capture_s") else "")
-        rows.append((f"PyTorch: {r['title']}", r["median_ms"], cost))
-if torch is not None:
-    rows.append(("Transformer Engine", None, "not installed on this machine"))
-if not rows:
-    sys.exit("no headline results")
-best = min(ms for _, ms, _ in rows if ms)
-print("\nLlama-3.2-1B shapes, 8 layers, batch 2, seq 2048: median ms of a forward pass (CUDA graph replay)")
-print(f"{'approach':<78} {'ms':>7} {'× fastest':>9}  one-time cost")
-for title, ms, cost in rows:
-    cells = f"{ms:7.3f} {ms / best:9.2f}" if ms else f"{'-':>7} {'-':>9}"
-    print(f"{title[:78]:<78} {cells}  {cost}")
-warm = load("lancet-fp8-warm.json")
-if warm and warm.get("profile_ms"):
-    print("\nlancet FP8 (warm run), every step timed alone, ms per forward pass:")
-    total = 0.0
-    for kind, v in warm["profile_ms"].items():
-        total += v["ms"]
-        print(f"  {kind:<40} {v['launches']:>4} launches {v['ms']:8.3f}")
-    median = warm["steady_state"]["cuda_graph"]["median_ms"]
-    print(f"  {'sum of steps':<40} {'':>13} {total:8.3f}; replay {median:.3f}, gaps {median - total:.3f}")
-    print("  compile phases (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in warm["compile_phases_ms"].items()))
-cold = load("lancet-fp8-cold.json")
-if cold:
-    print("  cold compile phases (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in cold["compile_phases_ms"].items()))
-PY
-    fi
+    for group in side-by-side hf-parity sweep; do
+        if [[ -f $OUT/$group.log ]]; then
+            echo
+            echo "--- $group (last lines of $group.log) ---"
+            tail -n 30 "$OUT/$group.log"
+        fi
+    done
 } 2>&1 | tee "$OUT/summary.txt"

@@ -5,8 +5,8 @@ machine (torch, transformers, safetensors and the lancet executable).
 The model is a small random `transformers.LlamaModel`: hidden 512, 4 layers, 8 query and 2 KV
 heads of 64, intermediate 1536, vocabulary 1024, RMSNorm eps 1e-5, θ 500000 with llama3 RoPE
 scaling (factor 8, low 1, high 4) whose original_max_position_embeddings (128) is below the
-sequence (256), so that positions run past it and all three frequency bands of the scaling are
-used. Every weight is Normal(0, 0.02) (transformers' default initializer_range), every norm gain
+sequence (256): positions run past it, and each of the scaling's three bands (wavelengths kept,
+interpolated, divided by the factor) holds some of the 32 frequencies. Every weight is Normal(0, 0.02) (transformers' default initializer_range), every norm gain
 uniform in [0.5, 1.5]. It is saved in bf16 to a temporary directory, with random `input_ids`
 [2, 256] as inputs.safetensors. (At Normal(0, 0.05) the attention logits are so sharp that bf16
 alone costs 1.8e-2 in torch_llama.py and 5.7e-2 in transformers, measured on an H100: too close to

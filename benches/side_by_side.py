@@ -19,9 +19,10 @@ The table: approach | steady-state ms (median; lancet: CUDA graph replay) | rati
 one-time cost in seconds (lancet: process start to ready, `ready_ms`, which includes the CUDA
 context, loading the checkpoint and calibration; PyTorch: the first call, compilation included,
 plus the FP8 rows' calibration pass and the CUDA graph capture where there is one; its process
-start, CUDA init and weight loading are not counted) | rel L2 vs bf16 eager. Transformer Engine is listed, unmeasured:
-it cannot be installed on the GPU machine. A failed step is reported with its command and the
-tail of its stderr; the table still shows every row that worked, and the exit code is 1.
+start, CUDA init and weight loading are not counted) | rel L2 vs bf16 eager. Transformer Engine
+is listed, unmeasured: it cannot be installed on the GPU machine. A failed step is reported with
+its command and the tail of its stderr (again above the table); the table still shows every row
+that worked, and the exit code is 1.
 
 usage: python3 benches/side_by_side.py [--lancet gpu-bundle/lancet] [--layers 8] [--batch 2]
            [--seq 2048] [--runs 50] [--warmup 10] [--torch-rows all] [--seed 0] [--json PATH]
@@ -42,7 +43,7 @@ from safetensors.torch import load_file
 import torch_llama
 
 TORCH_LLAMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_llama.py")
-TAIL_CHARS = 3000  # of a failed step's stderr, printed and kept in the report
+TAIL_CHARS = 3000  # of a failed step's stderr (or unreadable output), printed and kept in the report
 SUMMARY_TAIL_CHARS = 1000  # of the same, repeated in the summary above the table
 TE_NOTE = "Transformer Engine FP8: not installable on the GPU machine — not measured"
 
@@ -93,24 +94,32 @@ class Steps:
         print(f"   exit {code} after {seconds:.1f} s", flush=True)
         if code == 0:
             return stdout
-        record["stderr_tail"] = stderr[-TAIL_CHARS:]
         record["stdout_tail"] = stdout[-TAIL_CHARS:]
-        self.fail(name, f"exit {code}: {command}", stderr[-TAIL_CHARS:])
+        self.fail(name, "could not start" if code is None else f"exit {code}", stderr)
         return None
 
     def fail(self, name, message, detail=""):
-        """Marks step `name` failed (a non-zero exit, or output that cannot be read) and says so."""
+        """Marks step `name` failed (a non-zero exit, or output that cannot be read) and prints
+        why, its command and the tail of `detail` (its stderr, or the unreadable output)."""
         record = next((r for r in reversed(self.records) if r["step"] == name), None)
         if record is None:
             record = {"step": name}
             self.records.append(record)
         record["failed"] = message
+        record["detail_tail"] = detail[-TAIL_CHARS:]
         print(f"   FAILED {name}: {message}", flush=True)
-        if detail:
-            print("   " + detail.rstrip().replace("\n", "\n   "), flush=True)
+        print_failure(record, TAIL_CHARS)
 
     def failed(self):
         return [r for r in self.records if r.get("failed")]
+
+
+def print_failure(record, tail_chars):
+    if record.get("command"):
+        print(f"     $ {record['command']}", flush=True)
+    detail = record.get("detail_tail", "")[-tail_chars:].rstrip()
+    if detail:
+        print("     " + detail.replace("\n", "\n     "), flush=True)
 
 
 def lancet_row(steps, row, args, model_dir, inputs, tmp):
@@ -124,7 +133,7 @@ def lancet_row(steps, row, args, model_dir, inputs, tmp):
     entry = {"key": row.key, "title": row.title, "side": "lancet"}
     stdout = steps.run(row.key, cmd, env)
     if stdout is None:
-        return {**entry, "error": "lancet bench failed"}
+        return {**entry, "error": f"{steps.records[-1]['failed']} (see the failed steps)"}
     try:
         report = json.loads(stdout)
         graph = report["steady_state"]["cuda_graph"]
@@ -142,7 +151,8 @@ def lancet_row(steps, row, args, model_dir, inputs, tmp):
 
 
 def torch_rows(steps, args, model_dir, inputs, tmp):
-    """Runs torch_llama.py's rows; returns their table entries and its report."""
+    """Runs torch_llama.py's rows; returns their table entries and its report (which holds each
+    row's details)."""
     report_path = os.path.join(tmp, "torch_llama.json")
     outputs = os.path.join(tmp, "torch_outputs.safetensors")
     cmd = [sys.executable, TORCH_LLAMA, "--checkpoint", model_dir, "--inputs", inputs, "--rows", args.torch_rows,
@@ -168,7 +178,6 @@ def torch_rows(steps, args, model_dir, inputs, tmp):
             "one_time_s": r["first_call_s"] + (calibration or 0.0) + (capture or 0.0),
             "one_time_note": "first call" + (" + calibration" if calibration else "") + (" + capture" if capture else ""),
             "output": outputs,
-            "report": r,
         })
     return entries, report
 
@@ -185,11 +194,14 @@ def output_of(entry):
 def add_errors(entries):
     """Sets each entry's rel_l2 against PyTorch bf16 eager's output (or the reason it has none)."""
     reference = next((e for e in entries if e["key"] == "bf16_eager" and "output" in e), None)
-    if reference is None:
+    try:
+        if reference is None:
+            raise KeyError("no PyTorch bf16 eager row")
+        ref = output_of(reference)
+    except (OSError, KeyError) as err:
         for e in entries:
-            e["rel_l2_error"] = "no PyTorch bf16 eager output to compare with"
+            e["rel_l2_error"] = f"no reference: {err}"
         return
-    ref = output_of(reference)
     for e in entries:
         if "output" not in e:
             continue
@@ -212,17 +224,17 @@ def print_table(entries, config, torch_report):
           f"{config['runs']} forward passes after {config['warmup']} warm-up")
     print("steady ms: lancet = CUDA graph replay; one-time: lancet = process start to ready, "
           "PyTorch = first call (compile) [+ calibration] [+ graph capture]")
-    print(f"{'approach':<66} {'steady ms':>9} {'× fastest':>9} {'one-time s':>40}  {'rel L2 vs bf16 eager':>20}")
+    print(f"{'approach':<66} {'steady ms':>9} {'× fastest':>9} {'one-time s':>10} {'(what)':<34} {'rel L2 vs bf16 eager':>20}")
     for e in entries:
         if "median_ms" not in e:
             print(f"{e['title'][:66]:<66} failed: {e.get('error', '?')}")
             continue
-        once = f"{e['one_time_s']:.2f} {e['one_time_note']}"
+        once = f"{e['one_time_s']:>10.2f} {'(' + e['one_time_note'] + ')':<34}"
         if e["key"] == "bf16_eager":
             err = "(reference)"
         else:
             err = f"{e['rel_l2']:.2e}" if "rel_l2" in e else "-"
-        print(f"{e['title'][:66]:<66} {e['median_ms']:>9.3f} {e['median_ms'] / best:>9.2f} {once:>40}  {err:>20}")
+        print(f"{e['title'][:66]:<66} {e['median_ms']:>9.3f} {e['median_ms'] / best:>9.2f} {once} {err:>20}")
     print(TE_NOTE)
 
 
@@ -286,7 +298,7 @@ def main():
             "torch_llama": torch_report,
             "transformer_engine": TE_NOTE,
             "steps": steps.records,
-            "failures": failures,
+            "failed_steps": [r["step"] for r in failures],
         }
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
@@ -295,8 +307,7 @@ def main():
         print("\nfailed steps:")
         for r in failures:
             print(f"  {r['step']}: {r['failed']}")
-            if r.get("stderr_tail"):
-                print("    " + r["stderr_tail"][-SUMMARY_TAIL_CHARS:].rstrip().replace("\n", "\n    "))
+            print_failure(r, SUMMARY_TAIL_CHARS)
     print_lancet_details(entries)
     print_table(entries, vars(args), torch_report)
     sys.exit(1 if failures else 0)

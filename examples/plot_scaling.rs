@@ -24,9 +24,9 @@
 //! `device`, `date`, `points` and, in each point, `sweep`, `layers`, `batch`, `seq`, `lancet_ms`
 //! and `torch_ms` must be present (the two times may be null, so that a typo in their names is an
 //! error rather than a silently empty series). Counts are positive integers, times in milliseconds
-//! positive, one-time costs in seconds non-negative. Other fields are ignored, so the producer can
-//! add some. `sweep` names the one quantity that varies; within a sweep the other two must hold the
-//! same values at every point, and no value of the varying one may repeat.
+//! between 1e-6 and 1e9, one-time costs in seconds non-negative. Other fields are ignored, so the
+//! producer can add some. `sweep` names the one quantity that varies; within a sweep the other two
+//! must hold the same values at every point, and no value of the varying one may repeat.
 //!
 //! # Output
 //!
@@ -40,6 +40,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -218,6 +219,10 @@ impl SweepFile {
     }
 }
 
+/// Steady-state times (ms) outside this range, 1 ns to about 12 days, must be a unit mistake. The
+/// bounds also keep the padded log axis well inside what an `f64` holds: zero has no logarithm.
+const TIME_MS: RangeInclusive<f64> = 1e-6..=1e9;
+
 /// A JSON object and its path in the file (empty at the top), to name fields in errors.
 struct Fields<'a> {
     map: &'a Map<String, Value>,
@@ -296,14 +301,17 @@ impl<'a> Fields<'a> {
         })
     }
 
-    /// A steady-state time: must be present, may be null, else positive (it goes on a log axis).
+    /// A steady-state time: must be present, may be null, else within `TIME_MS`.
     fn time_ms(&self, name: &str) -> Result<Option<f64>> {
-        self.required(name)?;
+        let value = self.required(name)?;
         let time = self.optional_number(name)?;
-        if let Some(ms) = time.filter(|&ms| ms <= 0.0) {
+        if time.is_some_and(|ms| !TIME_MS.contains(&ms)) {
             bail!(
-                "{}: expected a positive number of milliseconds or null, found {ms}",
-                self.path_of(name)
+                "{}: expected milliseconds from {:e} to {:e}, or null, found {}",
+                self.path_of(name),
+                TIME_MS.start(),
+                TIME_MS.end(),
+                describe(value)
             );
         }
         Ok(time)
@@ -546,8 +554,8 @@ fn min_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     })
 }
 
-/// Ticks for a log time axis over `lo..hi`: 1-2-5 steps per decade, or finer steps where that
-/// leaves fewer than three (a sweep whose times barely move).
+/// Ticks for a log time axis over `lo..hi`: 1-2-5 steps per decade; finer steps where that leaves
+/// fewer than three (a sweep whose times barely move), only powers of ten where it crowds the axis.
 fn time_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let decades = lo.log10().floor() as i32..=hi.log10().ceil() as i32;
     let in_range = |mantissas: &[f64]| -> Vec<f64> {
@@ -557,11 +565,11 @@ fn time_ticks(lo: f64, hi: f64) -> Vec<f64> {
             .filter(|t| (lo..=hi).contains(t))
             .collect()
     };
-    let coarse = in_range(&[1.0, 2.0, 5.0]);
-    if coarse.len() >= 3 {
-        coarse
-    } else {
-        in_range(&[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    let ticks = in_range(&[1.0, 2.0, 5.0]);
+    match ticks.len() {
+        0..=2 => in_range(&[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]),
+        3..=12 => ticks,
+        _ => in_range(&[1.0]),
     }
 }
 

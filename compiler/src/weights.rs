@@ -59,12 +59,13 @@ pub fn normal(seed: u64, name: &str, n: usize, std: f32) -> Vec<f32> {
         let mut rng = SplitMix64(key ^ (c as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
         for pair in chunk.chunks_mut(2) {
             // Box–Muller: two independent normals from two uniforms.
-            let (u1, u2) = (rng.uniform(), rng.uniform());
-            let r = (-2.0 * u1.ln()).sqrt();
-            let t = std::f64::consts::TAU * u2;
-            pair[0] = (r * t.cos()) as f32 * std;
+            // In f32: ample for weights, and twice as fast as f64 over ~10⁹ draws.
+            let (u1, u2) = (rng.uniform() as f32, rng.uniform() as f32);
+            let r = (-2.0 * u1.ln()).sqrt() * std;
+            let (sin, cos) = (std::f32::consts::TAU * u2).sin_cos();
+            pair[0] = r * cos;
             if let Some(second) = pair.get_mut(1) {
-                *second = (r * t.sin()) as f32 * std;
+                *second = r * sin;
             }
         }
     });

@@ -48,7 +48,8 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Inputs for --model: a safetensors file with `input_ids` [batch, seq] or `hidden_states`
-    /// [batch, seq, hidden]; its shape sets batch and sequence (default: random token ids).
+    /// [batch, seq, hidden]; its shape sets batch and sequence (default: random token ids, or
+    /// random hidden states when the checkpoint has no embedding).
     #[arg(long, value_name = "FILE", requires = "model")]
     pub input: Option<PathBuf>,
     /// Decoder layers (default: all of the preset's or checkpoint's).
@@ -174,7 +175,11 @@ impl ModelArgs {
                 self.input.as_deref().expect("read"),
                 checkpoint.config.hidden,
             )?,
-            None => (true, [self.batch.unwrap_or(1), self.seq.unwrap_or(128)]),
+            // Random token ids, or random hidden states for a checkpoint without an embedding.
+            None => (
+                checkpoint.has("embed_tokens.weight"),
+                [self.batch.unwrap_or(1), self.seq.unwrap_or(128)],
+            ),
         };
         let precision = self.precision(target)?.unwrap_or(Precision::Fp8);
         let config = checkpoint.llama(self.layers, batch_seq, embed, precision, self.dtype(target))?;

@@ -153,6 +153,11 @@ impl Checkpoint {
         vec![(name.to_string(), None)]
     }
 
+    /// Whether the checkpoint holds the tensor `name` (with or without the `model.` prefix).
+    pub fn has(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
     /// A tensor by its Hugging Face name, with or without `LlamaForCausalLM`'s `model.` prefix.
     fn find(&self, name: &str) -> Option<(&TensorFile, String)> {
         [name.to_string(), format!("model.{name}")]

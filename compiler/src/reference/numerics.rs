@@ -58,8 +58,10 @@ fn round_fp8(x: f32, mantissa_bits: i32, min_exp: i32, max: f32) -> f32 {
         return x;
     }
     // Exponent of `a` (exact for normal f32), clamped so subnormals share the smallest quantum.
+    // Scaling by powers of two built from their bits is exact and avoids `powi` and a division:
+    // weights run to ~10⁹ elements.
     let exp = ((a.to_bits() >> 23) as i32 - 127).max(min_exp);
-    let quantum = 2f32.powi(exp - mantissa_bits);
-    let rounded = (a / quantum).round_ties_even() * quantum;
+    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    let rounded = (a * pow2(mantissa_bits - exp)).round_ties_even() * pow2(exp - mantissa_bits);
     rounded.min(max).copysign(x)
 }

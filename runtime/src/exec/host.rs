@@ -66,16 +66,17 @@ fn fp8_bits(x: f32, m: u32, bias: i32) -> u8 {
     if a == 0.0 {
         return sign;
     }
-    let min_normal = 2f32.powi(1 - bias);
-    let (exp_field, mantissa) = if a < min_normal {
-        // Subnormal: value = mantissa · 2^(1 - bias - m).
-        (0u32, (a / 2f32.powi(1 - bias - m as i32)).round() as u32)
+    // `x` is already rounded to the FP8 grid, so its bits can be read off the f32 ones: exponent
+    // rebased, top `m` mantissa bits; a subnormal is a whole multiple of the smallest quantum.
+    // Powers of two are built from their bits (exact, and no `powi` per element).
+    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    let e = (a.to_bits() >> 23) as i32 - 127;
+    let bits = if e < 1 - bias {
+        (a * pow2(bias - 1 + m as i32)) as u32
     } else {
-        let e = (a.to_bits() >> 23) as i32 - 127;
-        let frac = a / 2f32.powi(e) - 1.0;
-        ((e + bias) as u32, (frac * (1u32 << m) as f32).round() as u32)
+        (((e + bias) as u32) << m) | ((a.to_bits() >> (23 - m)) & ((1 << m) - 1))
     };
-    sign | ((exp_field << m) | mantissa) as u8
+    sign | bits as u8
 }
 
 /// The value of FP8 bits `b` with `m` mantissa bits and exponent `bias`; e5m2 (`ieee`) has
