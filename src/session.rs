@@ -64,6 +64,8 @@ pub struct ReadyTimes {
     pub attention_build_ms: f64,
     /// How long the main thread waited for them: their share of the wall time.
     pub attention_wait_ms: f64,
+    /// Inputs uploaded.
+    pub inputs_ms: f64,
     pub calibrate_ms: f64,
     pub capture_ms: f64,
 }
@@ -156,7 +158,9 @@ pub fn open<'d>(
     compiled.cubins = cubins;
     compiled.phases.nvrtc_ms = nvrtc_ms;
     ready.load = exe.load_times.clone();
+    let t = Instant::now();
     exe.set_inputs(&inputs)?;
+    ready.inputs_ms = t.elapsed().as_secs_f64() * 1e3;
 
     progress("calibrating FP8 scales");
     let t = Instant::now();

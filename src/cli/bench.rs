@@ -169,6 +169,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         (weights, r.weights_ms),
         ("allocate", r.load.allocate_ms),
         ("upload weights", r.load.upload_ms),
+        ("cuBLASLt set-up", r.load.gemm_setup_ms),
         ("GEMM algorithm selection", r.load.gemm_tuning_ms),
         (
             "attention plans (cuDNN), beyond what overlapped",
@@ -177,13 +178,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         ("NVRTC, beyond what overlapped", r.nvrtc_wait_ms),
         ("load cubins", r.load.modules_ms),
         ("calibrate + first pass", r.calibrate_ms),
+        ("upload inputs", r.inputs_ms),
         ("CUDA graph capture", r.capture_ms),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let accounted: f64 = phases.iter().map(|(_, v)| v).sum();
-    phases.push(("other (inputs, bookkeeping)".into(), ready_ms - accounted));
+    phases.push(("other (threads, bookkeeping)".into(), ready_ms - accounted));
     let nvrtc_note = format!(
         "on threads of their own, alongside the weights: NVRTC {:.1} ms ({kernels} kernels, {cached} from the cache), \
          cuDNN attention plans {:.1} ms",

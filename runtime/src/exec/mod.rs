@@ -59,6 +59,8 @@ pub enum ExecError {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LoadTimes {
     pub allocate_ms: f64,
+    /// Loading cuBLASLt, creating its handle and workspace.
+    pub gemm_setup_ms: f64,
     pub upload_ms: f64,
     pub modules_ms: f64,
     pub gemm_tuning_ms: f64,
@@ -257,7 +259,9 @@ impl<'d> Executable<'d> {
             })?;
         times.upload_ms = ms(t);
 
+        let t = Instant::now();
         let gemms = Gemms::new(device)?;
+        times.gemm_setup_ms = ms(t);
         let mut launches = Vec::with_capacity(plan.steps.len());
         for (i, step) in plan.steps.iter().enumerate() {
             let launch = match step {
