@@ -478,15 +478,16 @@ fn generated_sources_have_their_anchors() {
     anchored(&norm, "layers.1.post_attention_layernorm");
     anchored(
         &norm,
-        "extern \"C\" __global__ void __launch_bounds__(256, 1) rms_norm_quantize_",
+        "extern \"C\" __global__ void __launch_bounds__(64, 1) rms_norm_quantize_",
     );
     anchored(
         &norm,
         "load<__nv_bfloat16, V, 1>(arg0 + i0 * 4194304 + i1 * 2048 + i_last, xr[c]);",
     );
     anchored(&norm, "const float inv = rsqrtf(row_sum(sum) / 2048.0f + 1e-5f);");
-    // A warp per 2048-element row, 8 rows per block: reductions are shuffles only.
-    anchored(&norm, "constexpr int LANES = 32;");
+    // Two warps per 2048-element row, four 8-element vectors per thread (see `ROW_CHUNKS`).
+    anchored(&norm, "constexpr int LANES = 64;");
+    anchored(&norm, "constexpr int CHUNKS = 4;");
     anchored(&norm, "v0[j] = round_to<__nv_bfloat16>(xr[c][j] * inv * a1[j]);");
     anchored(
         &norm,
