@@ -9,6 +9,7 @@ use lancet_compiler::checkpoint::Checkpoint;
 use lancet_compiler::ir::Graph;
 use lancet_compiler::reference::Bindings;
 use lancet_compiler::weights::{random_inputs, random_params};
+use lancet_runtime::cublaslt::Gemms;
 use lancet_runtime::device::Device;
 use lancet_runtime::exec::Executable;
 
@@ -64,6 +65,10 @@ pub struct ReadyTimes {
     pub attention_build_ms: f64,
     /// How long the main thread waited for them: their share of the wall time.
     pub attention_wait_ms: f64,
+    /// cuBLASLt loaded, its handle and workspace made, on their own thread alongside the weights.
+    pub gemm_setup_ms: f64,
+    /// How long the main thread waited for that.
+    pub gemm_setup_wait_ms: f64,
     /// Inputs uploaded.
     pub inputs_ms: f64,
     pub calibrate_ms: f64,
@@ -126,6 +131,12 @@ pub fn open<'d>(
         // cuDNN compiles a kernel per attention plan (about a second on a cold cache): on a
         // third thread, alongside the weights.
         let attention = scope.spawn(|| Executable::attention_plans(device, plan));
+        // Loading cuBLASLt (a large library) is CPU work too. Its tuning is not: it times
+        // candidates on the stream, so it waits for the weights to be uploaded.
+        let gemms = scope.spawn(|| {
+            let t = Instant::now();
+            Gemms::new(device).map(|g| (g, t.elapsed().as_secs_f64() * 1e3))
+        });
         let t = Instant::now();
         progress(if data.checkpoint.is_some() {
             "reading the checkpoint"
@@ -140,8 +151,20 @@ pub fn open<'d>(
         let (attention, attention_ms) = attention.join().expect("the attention thread does not panic")?;
         ready.attention_wait_ms = t.elapsed().as_secs_f64() * 1e3;
         ready.attention_build_ms = attention_ms;
+        progress("loading cuBLASLt");
+        let t = Instant::now();
+        let (gemms, gemm_setup_ms) = gemms.join().expect("the cuBLASLt thread does not panic")?;
+        ready.gemm_setup_wait_ms = t.elapsed().as_secs_f64() * 1e3;
+        ready.gemm_setup_ms = gemm_setup_ms;
         progress("uploading weights, choosing GEMM algorithms");
-        let prepared = Executable::prepare(device, plan.clone(), &params, options.fast_accum, attention)?;
+        let prepared = Executable::prepare(
+            device,
+            plan.clone(),
+            &params,
+            options.fast_accum,
+            attention,
+            &gemms,
+        )?;
         progress("waiting for NVRTC");
         let t = Instant::now();
         let (cubins, nvrtc_ms) = nvrtc.join().expect("the NVRTC thread does not panic")?;

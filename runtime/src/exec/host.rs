@@ -7,28 +7,32 @@ use lancet_compiler::reference::numerics::round_to;
 use rayon::prelude::*;
 
 /// The storage bytes of `values` in `dtype` (little-endian). Values are rounded to the dtype
-/// first, as the reference interpreter rounds them. Encoded in parallel: weights run to ~10⁹.
+/// first, as the reference interpreter rounds them. Encoded in parallel, straight into the output
+/// (chunk by chunk, no per-byte collection): weights run to ~10⁹.
 pub fn encode(dtype: DType, values: &[f32]) -> Vec<u8> {
-    values
-        .par_chunks(1 << 16)
-        .flat_map_iter(|chunk| encode_chunk(dtype, chunk))
-        .collect()
+    const CHUNK: usize = 1 << 16;
+    let size = dtype.size_bytes();
+    let mut out = vec![0u8; values.len() * size];
+    out.par_chunks_mut(CHUNK * size)
+        .zip(values.par_chunks(CHUNK))
+        .for_each(|(bytes, chunk)| encode_chunk(dtype, chunk, bytes));
+    out
 }
 
-fn encode_chunk(dtype: DType, values: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * dtype.size_bytes());
-    for &x in values {
+/// Writes the storage bytes of `values` into `out` (exactly `values.len()` elements long).
+fn encode_chunk(dtype: DType, values: &[f32], out: &mut [u8]) {
+    let size = dtype.size_bytes();
+    for (&x, o) in values.iter().zip(out.chunks_exact_mut(size)) {
         match dtype {
-            DType::F32 => out.extend_from_slice(&x.to_le_bytes()),
-            DType::BF16 => out.extend_from_slice(&bf16::from_f32(x).to_bits().to_le_bytes()),
-            DType::F16 => out.extend_from_slice(&f16::from_f32(x).to_bits().to_le_bytes()),
-            DType::F8E4M3 => out.push(fp8_bits(round_to(dtype, x), 3, 7)),
-            DType::F8E5M2 => out.push(fp8_bits(round_to(dtype, x), 2, 15)),
-            DType::I32 => out.extend_from_slice(&(x as i32).to_le_bytes()),
-            DType::I64 => out.extend_from_slice(&(x as i64).to_le_bytes()),
+            DType::F32 => o.copy_from_slice(&x.to_le_bytes()),
+            DType::BF16 => o.copy_from_slice(&bf16::from_f32(x).to_bits().to_le_bytes()),
+            DType::F16 => o.copy_from_slice(&f16::from_f32(x).to_bits().to_le_bytes()),
+            DType::F8E4M3 => o[0] = fp8_bits(round_to(dtype, x), 3, 7),
+            DType::F8E5M2 => o[0] = fp8_bits(round_to(dtype, x), 2, 15),
+            DType::I32 => o.copy_from_slice(&(x as i32).to_le_bytes()),
+            DType::I64 => o.copy_from_slice(&(x as i64).to_le_bytes()),
         }
     }
-    out
 }
 
 /// f32 values of storage `bytes` in `dtype`.

@@ -59,8 +59,6 @@ pub enum ExecError {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LoadTimes {
     pub allocate_ms: f64,
-    /// Loading cuBLASLt, creating its handle and workspace.
-    pub gemm_setup_ms: f64,
     pub upload_ms: f64,
     pub modules_ms: f64,
     pub gemm_tuning_ms: f64,
@@ -194,7 +192,8 @@ impl<'d> Executable<'d> {
         fast_accum: bool,
     ) -> crate::Result<Self> {
         let (attention, _) = Self::attention_plans(device, &plan)?;
-        Self::prepare(device, plan, params, fast_accum, attention)?.finish(cubins)
+        let gemms = Gemms::new(device)?;
+        Self::prepare(device, plan, params, fast_accum, attention, &gemms)?.finish(cubins)
     }
 
     /// Builds (or restores from disk) the plan of every attention step of `plan`, returning the
@@ -217,13 +216,16 @@ impl<'d> Executable<'d> {
 
     /// [`load`](Self::load) up to the kernels: everything that does not need the cubins, so
     /// NVRTC can compile them meanwhile (on another thread) and [`Prepared::finish`] load them.
-    /// `attention` holds the attention plans (see [`attention_plans`](Self::attention_plans)).
+    /// `attention` holds the attention plans (see [`attention_plans`](Self::attention_plans)),
+    /// `gemms` the cuBLASLt handle (loading cuBLASLt takes ~0.2 s: callers make both on threads
+    /// of their own while the weights are made).
     pub fn prepare(
         device: &'d Device,
         plan: Plan,
         params: &Bindings,
         fast_accum: bool,
         attention: AttentionPlans,
+        gemms: &Gemms,
     ) -> crate::Result<Prepared<'d>> {
         let mut times = LoadTimes::default();
         let t = Instant::now();
@@ -259,9 +261,6 @@ impl<'d> Executable<'d> {
             })?;
         times.upload_ms = ms(t);
 
-        let t = Instant::now();
-        let gemms = Gemms::new(device)?;
-        times.gemm_setup_ms = ms(t);
         let mut launches = Vec::with_capacity(plan.steps.len());
         for (i, step) in plan.steps.iter().enumerate() {
             let launch = match step {
