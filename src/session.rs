@@ -8,10 +8,11 @@ use anyhow::{Context, Result};
 use lancet_compiler::checkpoint::Checkpoint;
 use lancet_compiler::ir::Graph;
 use lancet_compiler::reference::Bindings;
-use lancet_compiler::weights::{random_inputs, random_params};
+use lancet_compiler::weights::{constant_params, random_inputs, random_params};
 use lancet_runtime::cublaslt::Gemms;
 use lancet_runtime::device::Device;
-use lancet_runtime::exec::Executable;
+use lancet_runtime::exec::{Executable, InitSource, RandomInit};
+use lancet_runtime::jit;
 
 use crate::pipeline::{build_kernels, compile, CompileOptions, Compiled};
 
@@ -55,7 +56,8 @@ impl Data {
 /// Milliseconds of getting from a compiled plan to a ready forward pass.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ReadyTimes {
-    /// Random weights made, or a checkpoint's read and converted (FP8 weights quantized).
+    /// A checkpoint read and converted (FP8 weights quantized), or, for random weights, the
+    /// wait for the GPU initialisation's kernels (the draws themselves are part of the upload).
     pub weights_ms: f64,
     pub load: lancet_runtime::exec::LoadTimes,
     /// How long the main thread waited for NVRTC after its own work (0 when NVRTC finished
@@ -78,10 +80,31 @@ pub struct ReadyTimes {
 pub struct Session<'d> {
     pub compiled: Compiled,
     pub exe: Executable<'d>,
-    /// The parameters the device holds (activation scales after calibration).
-    pub params: Bindings,
     pub inputs: Bindings,
     pub ready: ReadyTimes,
+}
+
+impl Session<'_> {
+    /// The parameters as the device holds them (calibrated activation scales included), shaped
+    /// as the graph's: what the reference interpreter must be given to check this session.
+    /// Downloads every weight, so meant for checks, not for benchmarks.
+    pub fn params(&self) -> Result<Bindings> {
+        let graph = &self.compiled.optimized;
+        let mut flat = self.exe.params()?;
+        graph
+            .params()
+            .into_iter()
+            .map(|id| {
+                let node = graph.node(id);
+                let array = flat
+                    .remove(&node.name)
+                    .with_context(|| format!("param '{}' is not on the device", node.name))?;
+                let shaped = lancet_compiler::reference::Array::new(node.ty.shape.clone(), array.data)
+                    .with_context(|| format!("param '{}' has the wrong size on the device", node.name))?;
+                Ok((node.name.clone(), shaped))
+            })
+            .collect()
+    }
 }
 
 /// How to get a session ready.
@@ -122,7 +145,7 @@ pub fn open<'d>(
         },
     )?;
     let mut ready = ReadyTimes::default();
-    let (mut exe, mut params, inputs, cubins, nvrtc_ms) = std::thread::scope(|scope| -> Result<_> {
+    let (mut exe, inputs, cubins, nvrtc_ms) = std::thread::scope(|scope| -> Result<_> {
         let plan = &compiled.plan;
         let nvrtc = scope.spawn(|| {
             let t = Instant::now();
@@ -137,13 +160,32 @@ pub fn open<'d>(
             let t = Instant::now();
             Gemms::new(device).map(|g| (g, t.elapsed().as_secs_f64() * 1e3))
         });
+        // Random weights are drawn on the GPU, by a fixed program NVRTC compiles meanwhile.
+        let init = data
+            .checkpoint
+            .is_none()
+            .then(|| scope.spawn(|| jit::compile(&[InitSource], &compile_options.jit)));
         let t = Instant::now();
-        progress(if data.checkpoint.is_some() {
-            "reading the checkpoint"
-        } else {
-            "making random weights"
-        });
-        let params = data.params(graph, options.seed)?;
+        let (params, random) = match init {
+            None => {
+                progress("reading the checkpoint");
+                (data.params(graph, options.seed)?, None)
+            }
+            Some(init) => {
+                progress("compiling the weight initialisation");
+                match init.join().expect("the init thread does not panic") {
+                    Ok(compilation) => (
+                        constant_params(graph),
+                        Some(RandomInit::load(device, &compilation, options.seed)?),
+                    ),
+                    // Without NVRTC (yet: the other thread may be fetching it), on the host.
+                    Err(_) => {
+                        progress("making random weights on the host");
+                        (data.params(graph, options.seed)?, None)
+                    }
+                }
+            }
+        };
         let inputs = data.inputs(graph, options.seed + 1);
         ready.weights_ms = t.elapsed().as_secs_f64() * 1e3;
         progress("building attention plans");
@@ -161,6 +203,7 @@ pub fn open<'d>(
             device,
             plan.clone(),
             &params,
+            random.as_ref(),
             options.fast_accum,
             attention,
             &gemms,
@@ -176,7 +219,7 @@ pub fn open<'d>(
                 .context("running on the GPU needs NVRTC")?;
             prepared.finish(compilation)?
         };
-        Ok((exe, params, inputs, cubins, nvrtc_ms))
+        Ok((exe, inputs, cubins, nvrtc_ms))
     })?;
     compiled.cubins = cubins;
     compiled.phases.nvrtc_ms = nvrtc_ms;
@@ -191,9 +234,7 @@ pub fn open<'d>(
     for _ in 0..if quantizing { options.calibration_passes } else { 0 } {
         exe.reset_amax()?;
         exe.run()?;
-        for (name, scale) in exe.rescale_from_amax()? {
-            params.insert(name, lancet_compiler::reference::Array::scalar(scale));
-        }
+        exe.rescale_from_amax()?;
     }
     // One uncaptured pass also lets each library finish its lazy set-up before capture.
     exe.run()?;
@@ -207,7 +248,6 @@ pub fn open<'d>(
     Ok(Session {
         compiled,
         exe,
-        params,
         inputs,
         ready,
     })

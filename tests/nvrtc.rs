@@ -1,5 +1,5 @@
-//! Every generated kernel of every preset compiles with NVRTC for sm_90a, without register
-//! spills. NVRTC runs without a GPU, so CI runs this on every change.
+//! Every generated kernel of every preset, and the runtime's own weight-initialisation program,
+//! compiles with NVRTC for sm_90a, without register spills. NVRTC runs without a GPU, so CI runs this on every change.
 //!
 //! Own harness (libtest-mimic): where NVRTC is not installed the trials are reported *ignored*
 //! with the reason — except under `CI`, where a missing NVRTC is a failure, since CI installs it.
@@ -10,7 +10,8 @@ use lancet_compiler::codegen::Kernel;
 use lancet_compiler::lower::{lower_with, LowerOptions};
 use lancet_compiler::models::{LlamaConfig, Precision, PRESETS};
 use lancet_compiler::rewrite::{optimize, Options};
-use lancet_runtime::jit::{self, JitOptions};
+use lancet_runtime::exec::InitSource;
+use lancet_runtime::jit::{self, CudaSource, JitOptions};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// The unique kernels of every preset (2 layers; fp8 and bf16; fusion on and off; as bare layer
@@ -63,38 +64,51 @@ fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
     kernels
 }
 
+/// One trial: `source` compiles for sm_90a with a ptxas report and no spills.
+fn trial<S: CudaSource + Send + 'static>(
+    name: String,
+    source: S,
+    used_by: String,
+    available: &Result<(), String>,
+) -> Trial {
+    let ignored = std::env::var_os("CI").is_none() && available.is_err();
+    let available = available.clone();
+    Trial::test(format!("sm_90a/{name}"), move || {
+        if let Err(why) = available {
+            return Err(Failed::from(format!("CI must compile every kernel, but {why}")));
+        }
+        let opts = JitOptions {
+            arch: "sm_90a".into(),
+            cache: false,
+            deny_spills: true,
+        };
+        let compiled = jit::compile(std::slice::from_ref(&source), &opts)
+            .map_err(|e| Failed::from(format!("{e}\n(used by: {used_by})")))?;
+        if compiled.kernels[0].report.registers == 0 {
+            return Err(Failed::from(
+                "the ptxas report is missing from NVRTC's log".to_string(),
+            ));
+        }
+        Ok(())
+    })
+    .with_ignored_flag(ignored)
+}
+
 fn main() {
     let args = Arguments::from_args();
     let available = jit::toolkit::locate().map(|_| ()).map_err(|e| e.to_string());
-    let required = std::env::var_os("CI").is_some();
-    let trials: Vec<Trial> = all_kernels()
+    let mut trials: Vec<Trial> = all_kernels()
         .into_iter()
-        .map(|(name, (kernel, configs))| {
-            let ignored = !required && available.is_err();
-            let available = available.clone();
-            Trial::test(format!("sm_90a/{name}"), move || {
-                if let Err(why) = available {
-                    return Err(Failed::from(format!("CI must compile every kernel, but {why}")));
-                }
-                let opts = JitOptions {
-                    arch: "sm_90a".into(),
-                    cache: false,
-                    deny_spills: true,
-                };
-                let compiled = jit::compile(std::slice::from_ref(&kernel), &opts)
-                    .map_err(|e| Failed::from(format!("{e}\n(used by: {})", configs.join("; "))))?;
-                let report = &compiled.kernels[0].report;
-                if report.registers == 0 {
-                    return Err(Failed::from(
-                        "the ptxas report is missing from NVRTC's log".to_string(),
-                    ));
-                }
-                Ok(())
-            })
-            .with_ignored_flag(ignored)
-        })
+        .map(|(name, (kernel, configs))| trial(name, kernel, configs.join("; "), &available))
         .collect();
-    if let (Err(why), false) = (&available, required) {
+    // The runtime's own program: random weights drawn on the GPU.
+    trials.push(trial(
+        "lancet_init".into(),
+        InitSource,
+        "random weights".into(),
+        &available,
+    ));
+    if let (Err(why), false) = (&available, std::env::var_os("CI").is_some()) {
         eprintln!("nvrtc tests: SKIPPED ({} kernels ignored): {why}", trials.len());
     }
     libtest_mimic::run(&args, trials).exit();

@@ -42,7 +42,9 @@ impl SplitMix64 {
     }
 }
 
-fn stream_key(seed: u64, name: &str) -> u64 {
+/// The key of tensor `name`'s random stream: element `i` is drawn from the SplitMix64 stream
+/// seeded `key ^ (i / 65536) · 0xD6E8FEB86659FD93` (what the GPU's generator reproduces).
+pub fn stream_key(seed: u64, name: &str) -> u64 {
     // FNV-1a over the name, mixed with the seed.
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     for byte in name.bytes() {
@@ -157,6 +159,30 @@ pub fn bind_params<E: From<InitError>>(
         bindings.insert(node.name.clone(), Array::scalar(*scale));
     }
     Ok(bindings)
+}
+
+/// Values for the constant-initialised params of `graph` (norm gains and biases, default
+/// activation scales): what the host provides when the random weights are drawn on the GPU.
+pub fn constant_params(graph: &Graph) -> Bindings {
+    graph
+        .params()
+        .into_iter()
+        .filter_map(|id| {
+            let node = graph.node(id);
+            let Op::Param {
+                dtype,
+                init: Init::Const { value },
+                ..
+            } = &node.op
+            else {
+                return None;
+            };
+            let mut data = vec![value.get(); node.ty.numel()];
+            round_slice(*dtype, &mut data);
+            let array = Array::new(node.ty.shape.clone(), data).expect("sized from the type");
+            Some((node.name.clone(), array))
+        })
+        .collect()
 }
 
 /// Values for every input of `graph`: Normal(0, 1) floats, and ids uniform over the rows of

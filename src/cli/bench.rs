@@ -155,7 +155,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let weights = if model.data.checkpoint.is_some() {
         "checkpoint weights (read, convert, quantize)"
     } else {
-        "random weights (host)"
+        "random weights (their GPU kernels compiled)"
     };
     let mut phases: Vec<(String, f64)> = [
         ("model (graph build, checkpoint index)", model_ms),
@@ -168,7 +168,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         ("lowering + codegen", p.lower_codegen_ms),
         (weights, r.weights_ms),
         ("allocate", r.load.allocate_ms),
-        ("upload weights", r.load.upload_ms),
+        ("weights to the device (upload, or drawn there)", r.load.upload_ms),
         ("cuBLASLt set-up, beyond what overlapped", r.gemm_setup_wait_ms),
         ("GEMM algorithm selection", r.load.gemm_tuning_ms),
         (

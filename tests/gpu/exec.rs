@@ -42,7 +42,7 @@ fn check_with(graph: &Graph, fusion: bool, fast_accum: bool, tolerance: f64) -> 
     session.exe.poison_outputs().map_err(fail)?;
     session.exe.run().map_err(fail)?;
     let got = session.exe.outputs().map_err(fail)?;
-    let mut bindings: Bindings = session.params.clone();
+    let mut bindings: Bindings = session.params().map_err(|e| fail(format!("{e:#}")))?;
     bindings.extend(session.inputs.clone());
     let want = evaluate(graph, &bindings).map_err(fail)?;
     let mut report = Vec::new();
@@ -247,5 +247,44 @@ pub fn trials() -> Vec<Trial> {
             check_with(&graph, true, true, 6e-2).map(|_| ())
         },
     ));
+    for (label, precision) in [("fp8", Precision::Fp8), ("bf16", Precision::Bf16)] {
+        trials.push(gpu_trial(
+            format!("exec::random_weights_drawn_on_the_gpu::{label}"),
+            move || random_weights_match_the_host(precision),
+        ));
+    }
     trials
+}
+
+/// Weights drawn on the GPU (`templates/init.cu`) are the host generator's draws: the same
+/// streams and formulas, differing only where the GPU's `logf`/`sincosf` round differently in the
+/// last bit, which can move an FP8 value by one step. Every param is compared: bound 1e-3.
+fn random_weights_match_the_host(precision: Precision) -> Result<(), Failed> {
+    let device = device()?;
+    let graph = model("llama-3.2-1b", 1, 1, 16, precision, Some(1000));
+    let options = SessionOptions {
+        compile: CompileOptions::default(),
+        seed: seed(),
+        calibration_passes: 0,
+        cuda_graph: false,
+        fast_accum: true,
+    };
+    let session =
+        open(device, &graph, &Data::default(), &options, &|_| ()).map_err(|e| fail(format!("{e:#}")))?;
+    let got = session.params().map_err(|e| fail(format!("{e:#}")))?;
+    let want = lancet_compiler::weights::random_params(&graph, seed()).map_err(fail)?;
+    let mut worst = (0.0, String::new());
+    for (name, w) in &want {
+        let err = within(&format!("param {name}"), &got[name].data, &w.data, 1e-3)?;
+        if err > worst.0 {
+            worst = (err, name.clone());
+        }
+    }
+    eprintln!(
+        "check exec random weights {precision:?}: {} params, worst rel L2 {:.2e} ({})",
+        want.len(),
+        worst.0,
+        worst.1
+    );
+    Ok(())
 }

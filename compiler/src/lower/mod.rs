@@ -98,6 +98,7 @@ impl<'g> Lowering<'g> {
             elems,
             offset: None,
             data: None,
+            init: None,
         });
         self.buffers.len() - 1
     }
@@ -156,8 +157,9 @@ impl<'g> Lowering<'g> {
                 let b = self.buffer(&node.name, BufferKind::Input, ty.dtype, ty.numel());
                 View::contiguous(b, ty.dtype, ty.shape.dims())
             }
-            Op::Param { .. } => {
+            Op::Param { init, .. } => {
                 let b = self.buffer(&node.name, BufferKind::Param, ty.dtype, ty.numel());
+                self.buffers[b].init = Some(init.clone());
                 View::contiguous(b, ty.dtype, ty.shape.dims())
             }
             Op::Reshape { shape } => match args[0].reshape(shape.dims()) {

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::layout::View;
-use crate::ir::DType;
+use crate::ir::{DType, Init};
 
 /// Where a buffer's memory comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -34,6 +34,9 @@ pub struct Buffer {
     /// The values of a constant buffer.
     #[serde(skip)]
     pub data: Option<Vec<f32>>,
+    /// How a parameter is filled when no checkpoint provides it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<Init>,
 }
 
 impl Buffer {

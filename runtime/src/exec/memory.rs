@@ -93,6 +93,11 @@ impl Buffers {
         })
     }
 
+    /// The device address of buffer `id`'s first byte.
+    pub fn base(&self, id: usize) -> CUdeviceptr {
+        self.base[id]
+    }
+
     /// The device address of a view's element 0.
     pub fn address(&self, view: &View) -> CUdeviceptr {
         self.base[view.buffer] + (view.offset * view.dtype.size_bytes()) as u64

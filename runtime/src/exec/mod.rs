@@ -7,6 +7,7 @@
 //! also what makes it capturable.
 
 mod host;
+mod init;
 mod memory;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use crate::cublaslt::{GemmPlan, GemmPointers, GemmSpec, Gemms, ScalePointers};
 use crate::device::Device;
 use crate::jit::Compilation;
 pub use host::{decode, encode};
+pub use init::{InitSource, RandomInit};
 pub use memory::{Buffers, OutOfMemory};
 
 #[derive(Debug, Error)]
@@ -193,7 +195,7 @@ impl<'d> Executable<'d> {
     ) -> crate::Result<Self> {
         let (attention, _) = Self::attention_plans(device, &plan)?;
         let gemms = Gemms::new(device)?;
-        Self::prepare(device, plan, params, fast_accum, attention, &gemms)?.finish(cubins)
+        Self::prepare(device, plan, params, None, fast_accum, attention, &gemms)?.finish(cubins)
     }
 
     /// Builds (or restores from disk) the plan of every attention step of `plan`, returning the
@@ -218,11 +220,13 @@ impl<'d> Executable<'d> {
     /// NVRTC can compile them meanwhile (on another thread) and [`Prepared::finish`] load them.
     /// `attention` holds the attention plans (see [`attention_plans`](Self::attention_plans)),
     /// `gemms` the cuBLASLt handle (loading cuBLASLt takes ~0.2 s: callers make both on threads
-    /// of their own while the weights are made).
+    /// of their own while the weights are made). Parameters missing from `params` are drawn on
+    /// the GPU by `random` when given (see [`RandomInit`]).
     pub fn prepare(
         device: &'d Device,
         plan: Plan,
         params: &Bindings,
+        random: Option<&RandomInit>,
         fast_accum: bool,
         attention: AttentionPlans,
         gemms: &Gemms,
@@ -233,8 +237,13 @@ impl<'d> Executable<'d> {
         times.allocate_ms = ms(t);
 
         let t = Instant::now();
+        let filled = match random {
+            Some(random) => random.fill(device, &plan, &buffers, |name| params.contains_key(name))?,
+            None => Vec::new(),
+        };
         for (id, buffer) in plan.buffers.iter().enumerate() {
             match buffer.kind {
+                BufferKind::Param if filled.contains(&buffer.name) => {}
                 BufferKind::Param => {
                     let value = params.get(&buffer.name).ok_or_else(|| ExecError::Unbound {
                         kind: "param",
@@ -540,6 +549,23 @@ impl<'d> Executable<'d> {
     }
 
     /// Every output, by name, as f32 values.
+    /// Every parameter as the device holds it (flat), calibrated scales included: what a check
+    /// against the reference interpreter must evaluate with when the weights were drawn on the
+    /// GPU.
+    pub fn params(&self) -> crate::Result<HashMap<String, Array>> {
+        let mut out = HashMap::new();
+        for (id, buffer) in self.plan.buffers.iter().enumerate() {
+            if buffer.kind == BufferKind::Param {
+                let values = self.buffers.download(self.device, id, buffer)?;
+                out.insert(
+                    buffer.name.clone(),
+                    Array::new(vec![buffer.elems], values).expect("sized"),
+                );
+            }
+        }
+        Ok(out)
+    }
+
     pub fn outputs(&self) -> crate::Result<HashMap<String, Array>> {
         let mut out = HashMap::new();
         for (id, buffer) in self.plan.buffers.iter().enumerate() {

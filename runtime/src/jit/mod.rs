@@ -9,6 +9,25 @@ use std::time::Instant;
 use lancet_compiler::codegen::Kernel;
 use thiserror::Error;
 
+/// CUDA source NVRTC can compile: a file whose `extern "C"` entry points it defines. Generated
+/// kernels are one; so is the runtime's own fixed source (random weights made on the GPU).
+pub trait CudaSource: Sync {
+    /// The name of the program (its entry point, for a generated kernel).
+    fn name(&self) -> &str;
+    /// The compilable text: what the cache keys on.
+    fn body(&self) -> &str;
+}
+
+impl CudaSource for Kernel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn body(&self) -> &str {
+        &self.body
+    }
+}
+
 pub use cache::{Cache, Lookup, Signature};
 pub use nvrtc::PtxasReport;
 pub use toolkit::Toolkit;
@@ -88,7 +107,7 @@ pub fn options(arch: &str, include: &std::path::Path) -> Vec<String> {
 }
 
 /// Compiles every kernel to a cubin (in parallel, cache first).
-pub fn compile(kernels: &[Kernel], opts: &JitOptions) -> Result<Compilation, JitError> {
+pub fn compile<K: CudaSource>(kernels: &[K], opts: &JitOptions) -> Result<Compilation, JitError> {
     let t0 = Instant::now();
     let toolkit = toolkit::locate()?;
     let flags = options(&opts.arch, &toolkit.include_dir);
@@ -110,7 +129,7 @@ pub fn compile(kernels: &[Kernel], opts: &JitOptions) -> Result<Compilation, Jit
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(kernel) = kernels.get(i) else { break };
                         let signature = Signature {
-                            source_sha256: cache::sha256(kernel.body.as_bytes()),
+                            source_sha256: cache::sha256(kernel.body().as_bytes()),
                             arch: opts.arch.clone(),
                             nvrtc: format!("{major}.{minor}"),
                             options: flags
@@ -156,7 +175,7 @@ pub fn compile(kernels: &[Kernel], opts: &JitOptions) -> Result<Compilation, Jit
 type Outcome = Result<(Compiled, Option<String>), JitError>;
 
 fn one(
-    kernel: &Kernel,
+    kernel: &dyn CudaSource,
     flags: &[String],
     signature: &Signature,
     cache: Option<&Cache>,
@@ -168,7 +187,7 @@ fn one(
         match cache.get(signature) {
             Lookup::Hit { cubin, report, log } => {
                 let compiled = Compiled {
-                    name: kernel.name.clone(),
+                    name: kernel.name().to_string(),
                     cubin,
                     report,
                     log,
@@ -180,18 +199,18 @@ fn one(
             Lookup::Rejected(why) => {
                 warning = Some(format!(
                     "kernel {}: cached cubin rejected, recompiling: {why}",
-                    kernel.name
+                    kernel.name()
                 ))
             }
             Lookup::Miss => {}
         }
     }
-    let file = format!("{}.cu", kernel.name);
-    let cubin = nvrtc::compile(&file, &kernel.body, flags)?;
+    let file = format!("{}.cu", kernel.name());
+    let cubin = nvrtc::compile(&file, kernel.body(), flags)?;
     let report = PtxasReport::parse(&cubin.log);
     if deny_spills && report.spills() {
         return Err(JitError::Spill {
-            kernel: kernel.name.clone(),
+            kernel: kernel.name().to_string(),
             report,
             log: cubin.log,
         });
@@ -200,12 +219,12 @@ fn one(
         if let Err(e) = cache.put(signature, &cubin.image, &report, &cubin.log) {
             warning = Some(format!(
                 "kernel {}: could not store the cubin in the cache: {e}",
-                kernel.name
+                kernel.name()
             ));
         }
     }
     let compiled = Compiled {
-        name: kernel.name.clone(),
+        name: kernel.name().to_string(),
         cubin: cubin.image,
         report,
         log: cubin.log,
