@@ -1,5 +1,7 @@
-//! Where lancet keeps artifacts that outlive a process: cuDNN execution plans today, NVRTC cubins
-//! and cuBLASLt algorithm choices later. Each kind gets its own subfolder of one root.
+//! Where and how lancet keeps artifacts that outlive a process (NVRTC cubins, cuDNN execution
+//! plans, cuBLASLt algorithm choices): each kind in its own subfolder of one root, one file per
+//! key, written atomically, and every lookup a [`Lookup`]: a hit, a miss, or an entry rejected
+//! with the reason (a key field that differs, a failed checksum), never a stale artifact used.
 //!
 //! The root is, in order: `$LANCET_CACHE_DIR`; `$XDG_CACHE_HOME/lancet`; `$HOME/.cache/lancet`.
 //! Following the XDG base-directory spec, an empty or relative value counts as unset, so a stray
@@ -23,6 +25,73 @@ pub fn root() -> Option<PathBuf> {
 /// writers create it when they first store something, so reading never touches the disk layout.
 pub fn subdir(kind: &str) -> Option<PathBuf> {
     root().map(|root| root.join(kind))
+}
+
+/// What a lookup in an on-disk cache found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<T> {
+    Hit(T),
+    Miss,
+    /// An entry exists but must not be used; the reason says why.
+    Rejected(String),
+}
+
+impl<T> Lookup<T> {
+    /// Decodes a hit with `decode`, which may itself reject it.
+    pub fn and_then<U>(self, decode: impl FnOnce(T) -> Lookup<U>) -> Lookup<U> {
+        match self {
+            Lookup::Hit(value) => decode(value),
+            Lookup::Miss => Lookup::Miss,
+            Lookup::Rejected(reason) => Lookup::Rejected(reason),
+        }
+    }
+}
+
+/// A folder of one kind of entry, each a file named by its key.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Store { dir: dir.into() }
+    }
+
+    /// The `kind` folder of the [cache root](root), if there is one.
+    pub fn from_env(kind: &str) -> Option<Self> {
+        subdir(kind).map(Store::new)
+    }
+
+    /// Where entry `file` lives.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// The bytes of entry `file`: a miss when there is none, rejected when it cannot be read.
+    pub fn read(&self, file: &str) -> Lookup<Vec<u8>> {
+        match std::fs::read(self.path(file)) {
+            Ok(bytes) => Lookup::Hit(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Lookup::Miss,
+            Err(e) => Lookup::Rejected(format!("it cannot be read: {e}")),
+        }
+    }
+
+    /// Writes entry `file` (creating the folder) atomically, returning its path.
+    pub fn write(&self, file: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.path(file);
+        write_atomically(&path, bytes)?;
+        Ok(path)
+    }
+}
+
+/// The first of `fields` — (name, stored value, this process's value) — whose values differ:
+/// why a stored key does not match, for the rejection's reason.
+pub fn first_difference<const N: usize>(
+    fields: [(&'static str, String, String); N],
+) -> Option<(&'static str, String, String)> {
+    fields.into_iter().find(|(_, stored, current)| stored != current)
 }
 
 /// Writes `bytes` to `path` through a temporary file renamed over it, so a concurrent reader

@@ -9,7 +9,6 @@
 //! file name hashes only the spec, tuning settings and GPU, so after a cuBLASLt or lancet
 //! upgrade the old entry is found, rejected with a warning, and overwritten.
 
-use std::fs;
 use std::io;
 use std::path::PathBuf;
 
@@ -17,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::Version;
 use super::spec::GemmSpec;
-use crate::cache_dir;
+use crate::cache_dir::{self, first_difference, Store};
 use crate::device::DeviceInfo;
 
 /// Version of the file layout below; bump it when a field changes meaning.
@@ -92,12 +91,9 @@ impl AlgoKey {
                 self.candidates.to_string(),
             ),
         ];
-        fields
-            .into_iter()
-            .find(|(_, stored, current)| stored != current)
-            .map(|(field, stored, current)| {
-                format!("it was tuned for {field} {stored}, this process has {current}")
-            })
+        first_difference(fields).map(|(field, stored, current)| {
+            format!("it was tuned for {field} {stored}, this process has {current}")
+        })
     }
 }
 
@@ -113,13 +109,8 @@ pub struct StoredAlgo {
     pub median_ms: f64,
 }
 
-#[derive(Debug, PartialEq)]
-pub enum AlgoLookup {
-    Hit(StoredAlgo),
-    Miss,
-    /// An entry exists but must not be used; the reason says why.
-    Rejected(String),
-}
+/// What an algorithm lookup found.
+pub type AlgoLookup = cache_dir::Lookup<StoredAlgo>;
 
 #[derive(Serialize, Deserialize)]
 struct Entry {
@@ -132,31 +123,25 @@ struct Entry {
 
 /// A folder of tuned choices.
 #[derive(Clone, Debug)]
-pub struct AlgoStore {
-    dir: PathBuf,
-}
+pub struct AlgoStore(Store);
 
 impl AlgoStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        AlgoStore { dir: dir.into() }
+        AlgoStore(Store::new(dir))
     }
 
     /// The `cublaslt/` folder of lancet's [cache directory](crate::cache_dir), if there is one.
     pub fn from_env() -> Option<Self> {
-        cache_dir::subdir("cublaslt").map(AlgoStore::new)
+        Store::from_env("cublaslt").map(AlgoStore)
     }
 
     /// Where the entry for `key` lives.
     pub fn path(&self, key: &AlgoKey) -> PathBuf {
-        self.dir.join(key.file_name())
+        self.0.path(&key.file_name())
     }
 
     pub fn load(&self, key: &AlgoKey) -> AlgoLookup {
-        match fs::read(self.path(key)) {
-            Ok(bytes) => parse(key, &bytes),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => AlgoLookup::Miss,
-            Err(e) => AlgoLookup::Rejected(format!("it cannot be read: {e}")),
-        }
+        self.0.read(&key.file_name()).and_then(|bytes| parse(key, &bytes))
     }
 
     /// Writes the entry for `key` atomically (a temporary file renamed over the old entry), so a
@@ -169,10 +154,7 @@ impl AlgoStore {
             algo_sha256: checksum(algo)?,
         };
         let bytes = serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?;
-        fs::create_dir_all(&self.dir)?;
-        let path = self.path(key);
-        cache_dir::write_atomically(&path, &bytes)?;
-        Ok(path)
+        self.0.write(&key.file_name(), &bytes)
     }
 }
 
@@ -233,6 +215,8 @@ mod hex_words {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn key() -> AlgoKey {

@@ -8,7 +8,6 @@
 //! name hashes only the graph and GPU, so after a cuDNN or lancet upgrade the old entry is found,
 //! rejected with a warning, and overwritten, rather than piling up next to the new one.
 
-use std::fs;
 use std::io;
 use std::path::PathBuf;
 
@@ -16,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::Version;
 use super::graph::GraphSpec;
-use crate::cache_dir;
+use crate::cache_dir::{self, first_difference, Store};
 use crate::device::DeviceInfo;
 
 /// Version of the file layout below; bump it when the header or body changes meaning.
@@ -64,13 +63,10 @@ impl PlanKey {
             ("SM count", stored.sm_count.to_string(), self.sm_count.to_string()),
             ("graph", stored.graph.clone(), self.graph.clone()),
         ];
-        fields
-            .into_iter()
-            .find(|(_, stored, current)| stored != current)
-            .map(|(field, stored, current)| match field {
-                "graph" => "it was built for a different graph (hash collision)".to_owned(),
-                _ => format!("it was built for {field} {stored}, this process has {current}"),
-            })
+        first_difference(fields).map(|(field, stored, current)| match field {
+            "graph" => "it was built for a different graph (hash collision)".to_owned(),
+            _ => format!("it was built for {field} {stored}, this process has {current}"),
+        })
     }
 }
 
@@ -81,13 +77,8 @@ pub struct StoredPlan {
     pub json: Vec<u8>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Lookup {
-    Hit(StoredPlan),
-    Miss,
-    /// An entry exists but must not be used; the reason says why.
-    Rejected(String),
-}
+/// What a plan lookup found.
+pub type Lookup = cache_dir::Lookup<StoredPlan>;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -100,31 +91,25 @@ struct Header {
 
 /// A folder of serialized plans.
 #[derive(Clone, Debug)]
-pub struct PlanStore {
-    dir: PathBuf,
-}
+pub struct PlanStore(Store);
 
 impl PlanStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        PlanStore { dir: dir.into() }
+        PlanStore(Store::new(dir))
     }
 
     /// The `cudnn/` folder of lancet's [cache directory](crate::cache_dir), if there is one.
     pub fn from_env() -> Option<Self> {
-        cache_dir::subdir("cudnn").map(PlanStore::new)
+        Store::from_env("cudnn").map(PlanStore)
     }
 
     /// Where the entry for `key` lives.
     pub fn path(&self, key: &PlanKey) -> PathBuf {
-        self.dir.join(key.file_name())
+        self.0.path(&key.file_name())
     }
 
     pub fn load(&self, key: &PlanKey) -> Lookup {
-        match fs::read(self.path(key)) {
-            Ok(bytes) => parse(key, &bytes),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Lookup::Miss,
-            Err(e) => Lookup::Rejected(format!("it cannot be read: {e}")),
-        }
+        self.0.read(&key.file_name()).and_then(|bytes| parse(key, &bytes))
     }
 
     /// Writes the entry for `key` atomically (a temporary file renamed over the old entry), so a
@@ -140,10 +125,7 @@ impl PlanStore {
         let mut bytes = serde_json::to_vec(&header).map_err(io::Error::other)?;
         bytes.push(b'\n');
         bytes.extend_from_slice(&plan.json);
-        fs::create_dir_all(&self.dir)?;
-        let path = self.path(key);
-        cache_dir::write_atomically(&path, &bytes)?;
-        Ok(path)
+        self.0.write(&key.file_name(), &bytes)
     }
 }
 
@@ -196,6 +178,8 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn key() -> PlanKey {

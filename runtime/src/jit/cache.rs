@@ -48,17 +48,15 @@ pub struct Cache {
     dir: PathBuf,
 }
 
-/// What a lookup found.
-pub enum Lookup {
-    Hit {
-        cubin: Vec<u8>,
-        report: PtxasReport,
-        log: String,
-    },
-    Miss,
-    /// An entry existed but cannot be trusted; the reason names the field or the corruption.
-    Rejected(String),
+/// A cached compilation.
+pub struct Cached {
+    pub cubin: Vec<u8>,
+    pub report: PtxasReport,
+    pub log: String,
 }
+
+/// What a lookup found; a rejection's reason names the field or the corruption.
+pub type Lookup = crate::cache_dir::Lookup<Cached>;
 
 impl Cache {
     pub fn new(dir: PathBuf) -> Self {
@@ -94,11 +92,11 @@ impl Cache {
                 cubin_path.display()
             ));
         }
-        Lookup::Hit {
+        Lookup::Hit(Cached {
             cubin,
             report: sidecar.report,
             log: sidecar.log,
-        }
+        })
     }
 
     /// Stores an entry; write-then-rename, so a reader never sees half a file.
@@ -174,7 +172,7 @@ mod tests {
         };
         cache.put(&sig, b"\x7fELFcubin", &report, "log").unwrap();
         match cache.get(&sig) {
-            Lookup::Hit { cubin, report: r, .. } => {
+            Lookup::Hit(Cached { cubin, report: r, .. }) => {
                 assert_eq!(cubin, b"\x7fELFcubin");
                 assert_eq!(r, report);
             }

@@ -185,7 +185,7 @@ fn one(
     let mut warning = None;
     if let Some(cache) = cache {
         match cache.get(signature) {
-            Lookup::Hit { cubin, report, log } => {
+            Lookup::Hit(cache::Cached { cubin, report, log }) => {
                 let compiled = Compiled {
                     name: kernel.name().to_string(),
                     cubin,
