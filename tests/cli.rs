@@ -263,8 +263,52 @@ fn run_on_the_cpu_reproduces_transformers_and_keeps_existing_outputs() {
 fn bad_checkpoint_runs_fail_with_a_message() {
     let missing = scratch("bad-inputs").join("none.safetensors");
     let missing = missing.to_str().unwrap();
-    let (model, weights) = (fixture(""), fixture("model.safetensors"));
-    let cases: [(&[&str], &str); 4] = [
+    let (model, weights, ids) = (
+        fixture(""),
+        fixture("model.safetensors"),
+        fixture("inputs.safetensors"),
+    );
+    let dir = scratch("bad-input-files");
+    let write = |name: &str, tensor: &str, dtype: safetensors::Dtype, shape: Vec<usize>, bytes: Vec<u8>| {
+        let path = dir.join(name);
+        let view = safetensors::tensor::TensorView::new(dtype, shape, &bytes).unwrap();
+        safetensors::serialize_to_file([(tensor.to_string(), view)], None, &path).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let float_ids = write(
+        "float_ids.safetensors",
+        "input_ids",
+        safetensors::Dtype::F32,
+        vec![1, 2],
+        [1.5f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect(),
+    );
+    let empty = write(
+        "empty.safetensors",
+        "input_ids",
+        safetensors::Dtype::I64,
+        vec![1, 0],
+        vec![],
+    );
+    let far = write(
+        "far.safetensors",
+        "input_ids",
+        safetensors::Dtype::I64,
+        vec![1, 2],
+        [3i64, 256].iter().flat_map(|x| x.to_le_bytes()).collect(),
+    );
+    let no_dir = dir.join("missing").join("out.safetensors");
+    let no_dir = no_dir.to_str().unwrap();
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["--input", &float_ids],
+            "is F32 [1, 2]; expected input_ids as i32/i64",
+        ),
+        (&["--input", &empty], "batch and sequence must be at least 1"),
+        (
+            &["--input", &far],
+            "input_ids[1] = 256 is outside the vocabulary (0..256)",
+        ),
+        (&["--output", no_dir], "its folder does not exist"),
         (&["--precision", "fp8"], "--precision fp8 needs the GPU"),
         (
             &["--input", &weights],
@@ -278,9 +322,23 @@ fn bad_checkpoint_runs_fail_with_a_message() {
     ];
     for (extra, want) in cases {
         let mut args = vec!["run", "--model", &model, "--device", "cpu"];
+        if !extra.contains(&"--input") {
+            args.extend(["--input", &ids]);
+        }
         args.extend_from_slice(extra);
         let o = lancet(&args);
         assert!(!o.status.success(), "{extra:?} succeeded");
         assert!(stderr(&o).contains(want), "{extra:?}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn an_fp8_graph_is_refused_on_the_cpu() {
+    let dir = scratch("fp8-cpu");
+    let file = dir.join("tiny.json");
+    let o = lancet(&["graph", "--preset", "tiny", "--json"]);
+    std::fs::write(&file, o.stdout).unwrap();
+    let o = lancet(&["run", file.to_str().unwrap(), "--device", "cpu"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("quantizes to FP8"), "{}", stderr(&o));
 }

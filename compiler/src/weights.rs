@@ -2,8 +2,9 @@
 //! deterministic random parameters and inputs, for benchmarks and tests without a checkpoint.
 //!
 //! Every tensor's values depend only on the seed, the tensor's name and the element index
-//! (streams are keyed per 64 Ki-element chunk), so they are the same on every machine, in any
-//! evaluation order, and can be generated in parallel.
+//! (streams are keyed per 64 Ki-element chunk), so they are the same on every host, in any
+//! evaluation order, and can be generated in parallel. The GPU draws the same streams
+//! (`templates/init.cu`); its `logf`/`sincosf` may round a last bit differently.
 
 use std::collections::HashMap;
 

@@ -109,6 +109,24 @@ fn sharded_checkpoints_load_through_their_index() {
     let err = error_against_transformers(&dir).unwrap();
     assert!(err <= 1e-4, "rel L2 {err:.2e}");
 
+    // A tensor in two shards would load from whichever file came last: refused at open.
+    let copy = "model-00003-of-00002.safetensors";
+    let dup = [
+        (first[0].clone(), &tensors[first[0]]),
+        ("extra.weight".to_string(), &tensors[first[0]]),
+    ];
+    write_f32(&dir.join(copy), &dup, false).unwrap();
+    map.insert("extra.weight".into(), copy.into());
+    let index = serde_json::json!({"weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let e = Checkpoint::open(&dir)
+        .err()
+        .expect("a duplicate tensor")
+        .to_string();
+    assert!(e.contains(first[0].as_str()) && e.contains("is also in"), "{e}");
+    map.remove("extra.weight");
+    std::fs::remove_file(dir.join(copy)).unwrap();
+
     // An index naming a tensor its shard does not hold is caught at open.
     map.insert(
         "layers.9.extra.weight".into(),
@@ -165,7 +183,7 @@ fn a_mis_shaped_tensor_is_named_with_both_shapes() {
 #[test]
 fn unsupported_configs_name_the_field() {
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 5] = [
+    let cases: [(&str, Edit, &str); 12] = [
         ("arch", |c| c["model_type"] = "gpt2".into(), "field 'model_type'"),
         ("act", |c| c["hidden_act"] = "gelu".into(), "field 'hidden_act'"),
         (
@@ -187,7 +205,42 @@ fn unsupported_configs_name_the_field() {
                     .map(drop)
                     .unwrap_or(())
             },
-            "missing field `hidden_size`",
+            "field 'hidden_size': missing field `hidden_size`",
+        ),
+        (
+            "typed",
+            |c| c["hidden_size"] = "64".into(),
+            "field 'hidden_size': invalid type",
+        ),
+        (
+            "zero",
+            |c| c["intermediate_size"] = 0.into(),
+            "field 'intermediate_size': must be at least 1",
+        ),
+        (
+            "eps",
+            |c| c["rms_norm_eps"] = (-1.0).into(),
+            "field 'rms_norm_eps'",
+        ),
+        (
+            "untyped-rope",
+            |c| c["rope_parameters"]["rope_type"] = 3.into(),
+            "field 'rope_parameters.rope_type': is not a string",
+        ),
+        (
+            "typeless-rope",
+            |c| drop(c["rope_parameters"].as_object_mut().unwrap().remove("rope_type")),
+            "has scaling settings but no rope_type",
+        ),
+        (
+            "per-layer-rope",
+            |c| c["rope_parameters"] = serde_json::json!({"full_attention": {"rope_type": "default"}}),
+            "per-layer-type settings are not supported",
+        ),
+        (
+            "fractional-context",
+            |c| c["rope_parameters"]["original_max_position_embeddings"] = 16.5.into(),
+            "is not a whole number of positions",
         ),
     ];
     for (name, edit, want) in cases {
@@ -213,15 +266,6 @@ fn integer_weights_and_garbage_files_are_rejected_by_name() {
         .expect("rejected")
         .to_string();
     assert!(e.contains("nowhere"), "{e}");
-
-    // Token ids where a weight should be: read as integers, refused as a weight.
-    let ids = fixture().join("inputs.safetensors");
-    let file = lancet_compiler::checkpoint::TensorFile::open(&ids).unwrap();
-    assert!(file
-        .require_float("input_ids")
-        .unwrap_err()
-        .to_string()
-        .contains("is I64"));
 }
 
 #[test]
@@ -273,4 +317,39 @@ fn llama3_frequencies_keep_high_divide_low_and_blend_between() {
         ..s
     };
     assert_eq!(rope_inv_freq(64, 10_000.0, Some(&keep))[0], 1.0);
+}
+
+#[test]
+fn an_integer_weight_is_refused_by_name() {
+    let dir = variant("int-weight", |_| {}, |_| {});
+    let mut tensors = read_all(&dir.join("model.safetensors")).unwrap();
+    let norm = tensors.remove("norm.weight").unwrap();
+    let ints: Vec<u8> = norm.data.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect();
+    let floats: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, a)| {
+            (
+                n.clone(),
+                a.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                a.shape.dims().to_vec(),
+            )
+        })
+        .collect();
+    let view = safetensors::tensor::TensorView::new;
+    let mut views = vec![(
+        "norm.weight".to_string(),
+        view(safetensors::Dtype::I32, vec![64], &ints).unwrap(),
+    )];
+    for (n, bytes, shape) in &floats {
+        views.push((
+            n.clone(),
+            view(safetensors::Dtype::F32, shape.clone(), bytes).unwrap(),
+        ));
+    }
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let e = failure(&dir);
+    assert!(
+        e.contains("tensor 'norm.weight' is I32; lancet reads bf16, f16 or f32"),
+        "{e}"
+    );
 }

@@ -67,8 +67,10 @@ impl Stats {
 /// Device memory, in bytes.
 #[derive(Debug, Serialize)]
 struct Memory {
-    /// What the driver reports this process allocated from device open to the end of timing
-    /// (weights, arena, constants, library workspaces and plans, the CUDA graph).
+    /// Device memory in use at the end of timing minus at device open, as the driver counts it
+    /// (device-wide, so another process's allocations would count too): weights, arena,
+    /// constants, library workspaces and plans, the CUDA graph. Nothing is freed before the end,
+    /// so this is also the peak.
     peak_bytes: usize,
     weights_bytes: usize,
     arena_bytes: usize,
@@ -246,7 +248,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         100.0 * floor_ms / graph.median_ms
     );
     println!(
-        "device memory: {} allocated by lancet (weights {}, activation arena {} of {} unplanned), of {}\n",
+        "device memory: {} in use after timing, from device open (weights {}, activation arena {} of {} unplanned), of {}\n",
         bytes(memory.peak_bytes),
         bytes(memory.weights_bytes),
         bytes(memory.arena_bytes),

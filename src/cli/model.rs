@@ -1,13 +1,13 @@
 //! Choosing a model on the command line: a preset with overrides, a Hugging Face checkpoint
 //! directory, or a graph file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, ValueEnum};
 use lancet::session::Data;
-use lancet_compiler::checkpoint::{read_all, Checkpoint};
+use lancet_compiler::checkpoint::{read_all, Checkpoint, TensorFile};
 use lancet_compiler::ir::{json, DType, Graph};
 use lancet_compiler::models::{LlamaConfig, Precision, PRESETS};
 use lancet_compiler::reference::Bindings;
@@ -168,13 +168,12 @@ impl ModelArgs {
     fn checkpoint(&self, dir: &std::path::Path, target: Target) -> Result<Model> {
         self.check_sizes()?;
         let checkpoint = Checkpoint::open(dir)?;
-        let inputs = self.input.as_deref().map(read_all).transpose()?;
+        let inputs = match self.input.as_deref() {
+            Some(path) => Some((read_all(path)?, TensorFile::open(path)?)),
+            None => None,
+        };
         let (embed, batch_seq) = match &inputs {
-            Some(inputs) => input_shape(
-                inputs,
-                self.input.as_deref().expect("read"),
-                checkpoint.config.hidden,
-            )?,
+            Some((inputs, file)) => input_shape(inputs, file, checkpoint.config.hidden)?,
             // Random token ids, or random hidden states for a checkpoint without an embedding.
             None => (
                 checkpoint.has("embed_tokens.weight"),
@@ -184,8 +183,9 @@ impl ModelArgs {
         let precision = self.precision(target)?.unwrap_or(Precision::Fp8);
         let config = checkpoint.llama(self.layers, batch_seq, embed, precision, self.dtype(target))?;
         let graph = config.build().context("building the checkpoint's graph")?;
-        if let Some(inputs) = &inputs {
-            check_ids(inputs, config.vocab)?;
+        checkpoint.check(&graph)?;
+        if let Some((inputs, file)) = &inputs {
+            check_ids(inputs, file.path(), config.vocab)?;
         }
         let title = format!("{} · {}", dir.display(), describe(&config));
         Ok(Model {
@@ -193,7 +193,7 @@ impl ModelArgs {
             title,
             data: Data {
                 checkpoint: Some(Arc::new(checkpoint)),
-                inputs: inputs.map(|i| i.into_iter().collect()),
+                inputs: inputs.map(|(i, _)| i.into_iter().collect()),
             },
         })
     }
@@ -215,40 +215,47 @@ fn describe(c: &LlamaConfig) -> String {
 }
 
 /// Whether an input file holds token ids (true) or hidden states, and its `[batch, seq]`.
-fn input_shape(inputs: &Bindings, path: &std::path::Path, hidden: usize) -> Result<(bool, [usize; 2])> {
+fn input_shape(inputs: &Bindings, file: &TensorFile, hidden: usize) -> Result<(bool, [usize; 2])> {
+    let path = file.path().display();
     let names: Vec<&String> = inputs.keys().collect();
     if inputs.len() != 1 {
-        bail!(
-            "{}: expected one tensor, `input_ids` or `hidden_states`; found {names:?}",
-            path.display()
-        );
+        bail!("{path}: expected one tensor, `input_ids` or `hidden_states`; found {names:?}");
     }
     let (name, array) = inputs.iter().next().expect("one");
     let dims = array.shape.dims();
-    match (name.as_str(), dims) {
-        ("input_ids", &[b, s]) => Ok((true, [b, s])),
-        ("hidden_states", &[b, s, h]) if h == hidden => Ok((false, [b, s])),
+    let dtype = file
+        .info(name)
+        .map(|i| format!("{:?}", i.dtype))
+        .unwrap_or_default();
+    let integer = matches!(dtype.as_str(), "I32" | "I64");
+    let (embed, batch_seq) = match (name.as_str(), dims) {
+        ("input_ids", &[b, s]) if integer => (true, [b, s]),
+        ("hidden_states", &[b, s, h]) if h == hidden && !integer => (false, [b, s]),
         ("input_ids", _) | ("hidden_states", _) => bail!(
-            "{}: tensor '{name}' has shape {dims:?}; expected input_ids [batch, seq] or hidden_states [batch, seq, {hidden}]",
-            path.display()
+            "{path}: tensor '{name}' is {dtype} {dims:?}; expected input_ids as i32/i64 [batch, seq] \
+             or hidden_states as floats [batch, seq, {hidden}]"
         ),
-        _ => bail!(
-            "{}: tensor '{name}' is not an input of the model (input_ids or hidden_states)",
-            path.display()
-        ),
+        _ => bail!("{path}: tensor '{name}' is not an input of the model (input_ids or hidden_states)"),
+    };
+    if batch_seq.contains(&0) {
+        bail!("{path}: tensor '{name}' has shape {dims:?}; batch and sequence must be at least 1");
     }
+    Ok((embed, batch_seq))
 }
 
 /// Token ids must index rows of the embedding: the GPU would read past the table otherwise.
-fn check_ids(inputs: &Bindings, vocab: Option<usize>) -> Result<()> {
+fn check_ids(inputs: &Bindings, path: &Path, vocab: Option<usize>) -> Result<()> {
     if let (Some(ids), Some(vocab)) = (inputs.get("input_ids"), vocab) {
         if let Some((i, id)) = ids
             .data
             .iter()
             .enumerate()
-            .find(|(_, &id)| id < 0.0 || id >= vocab as f32)
+            .find(|(_, &id)| !(0.0..vocab as f32).contains(&id))
         {
-            bail!("input_ids[{i}] = {id} is outside the vocabulary (0..{vocab})");
+            bail!(
+                "{}: input_ids[{i}] = {id} is outside the vocabulary (0..{vocab})",
+                path.display()
+            );
         }
     }
     Ok(())

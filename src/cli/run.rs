@@ -8,7 +8,7 @@ use std::str::FromStr;
 use anyhow::{Context, Result};
 use clap::Args;
 use lancet::session::{open, SessionOptions};
-use lancet_compiler::checkpoint::write_f32;
+use lancet_compiler::checkpoint::{check_writable, write_f32};
 use lancet_compiler::ir::Graph;
 use lancet_compiler::reference::{evaluate, Array, Bindings};
 use lancet_runtime::device::Device;
@@ -91,14 +91,13 @@ impl RunArgs {
         }
     }
 
-    /// Fails early, before any work, if --output would overwrite a file without --force.
+    /// Fails early, before any work, if --output cannot be written (a missing folder) or would
+    /// overwrite a file without --force.
     pub fn check_output(&self) -> Result<()> {
-        match &self.output {
-            Some(path) if path.exists() && !self.force => {
-                anyhow::bail!("{} exists; pass --force to overwrite it", path.display())
-            }
-            _ => Ok(()),
+        if let Some(path) = &self.output {
+            check_writable(path, self.force)?;
         }
+        Ok(())
     }
 
     /// Writes `outputs` to --output, shaped as the graph's outputs.
@@ -159,6 +158,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
 /// The forward pass through the reference interpreter.
 fn run_cpu(model: &Model, args: &RunArgs) -> Result<HashMap<String, Array>> {
+    if let Some((_, node)) = model
+        .graph
+        .nodes()
+        .find(|(_, n)| matches!(n.op, lancet_compiler::ir::Op::Quantize { .. }))
+    {
+        anyhow::bail!(
+            "node '{}' quantizes to FP8, whose activation scales are calibrated on the GPU; the CPU path runs graphs without FP8",
+            node.name
+        );
+    }
     let progress = Progress::new();
     progress.phase("loading weights");
     let mut bindings: Bindings = model.data.params(&model.graph, args.seed)?;
@@ -174,7 +183,7 @@ fn print_outputs(title: &str, device: &str, outputs: &HashMap<String, Array>, js
         "mean",
         "std",
         "abs max",
-        "NaN",
+        "non-finite",
         "checksum (Σ)",
     ]);
     let mut rows = Vec::new();

@@ -58,10 +58,7 @@ impl HfLlamaConfig {
 
     /// Parses the text of a `config.json`; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, CheckpointError> {
-        let raw: Raw = serde_json::from_str(text).map_err(|source| CheckpointError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: Raw = parse_fields(text, path)?;
         let field = |name: &str, message: String| CheckpointError::field(path, name, message);
         let is_llama = match raw.model_type.as_deref() {
             Some(kind) => kind == "llama",
@@ -88,9 +85,22 @@ impl HfLlamaConfig {
                 return Err(field(name, "biased projections are not supported".into()));
             }
         }
+        for (name, value) in [
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("num_attention_heads", raw.num_attention_heads),
+            ("num_key_value_heads", raw.num_key_value_heads.unwrap_or(1)),
+            ("head_dim", raw.head_dim.unwrap_or(2)),
+            ("vocab_size", raw.vocab_size),
+        ] {
+            if value == 0 {
+                return Err(field(name, "must be at least 1".into()));
+            }
+        }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        if heads % kv_heads != 0 {
             return Err(field(
                 "num_key_value_heads",
                 format!("{kv_heads} does not divide num_attention_heads {heads}"),
@@ -115,6 +125,13 @@ impl HfLlamaConfig {
                 format!("{head_dim} is odd; RoPE rotates pairs"),
             ));
         }
+        let norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
+        if !(norm_eps > 0.0 && norm_eps.is_finite()) {
+            return Err(field(
+                "rms_norm_eps",
+                format!("{norm_eps} is not a positive number"),
+            ));
+        }
         let (rope_theta, rope_scaling) = rope(&raw, path)?;
         Ok(HfLlamaConfig {
             hidden: raw.hidden_size,
@@ -124,64 +141,138 @@ impl HfLlamaConfig {
             kv_heads,
             head_dim,
             vocab: raw.vocab_size,
-            norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            norm_eps,
             rope_theta,
             rope_scaling,
         })
     }
 }
 
-/// RoPE's base and scaling, from `rope_parameters` or from `rope_theta` and `rope_scaling`.
+/// The raw fields, with a missing or mistyped one named by its path in the file.
+fn parse_fields(text: &str, path: &Path) -> Result<Raw, CheckpointError> {
+    let mut json = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data if field != "." => {
+                CheckpointError::field(path, &field, inner.to_string())
+            }
+            // A missing field is reported at its parent (the top level): its name is in the text.
+            serde_json::error::Category::Data => {
+                let message = inner.to_string();
+                let name = message.split('`').nth(1).unwrap_or("?").to_string();
+                CheckpointError::field(path, &name, message)
+            }
+            _ => CheckpointError::Json {
+                path: path.to_path_buf(),
+                error: inner,
+            },
+        }
+    })
+}
+
+/// RoPE's base and scaling, from `rope_parameters` (transformers 5) or from `rope_theta` and
+/// `rope_scaling` (transformers 4). Anything not understood exactly is an error, not plain RoPE.
 fn rope(raw: &Raw, path: &Path) -> Result<(f32, Option<RopeScaling>), CheckpointError> {
+    let err = |field: &str, message: &str| CheckpointError::field(path, field, message);
     let (params, name) = match (&raw.rope_parameters, &raw.rope_scaling) {
-        (Some(p), _) => (Some(p), "rope_parameters"),
+        (Some(p), None | Some(Value::Null)) => (Some(p), "rope_parameters"),
+        (Some(p), Some(s)) if rope_type(s) == rope_type(p) => (Some(p), "rope_parameters"),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "rope_scaling",
+                "disagrees with rope_parameters on the RoPE type",
+            ))
+        }
         (None, Some(Value::Null)) | (None, None) => (None, "rope_scaling"),
         (None, Some(s)) => (Some(s), "rope_scaling"),
     };
-    let number = |key: &str| -> Result<Option<f32>, CheckpointError> {
+    if let Some(p) = params {
+        if !p.is_object() || p.as_object().is_some_and(|o| o.values().any(Value::is_object)) {
+            return Err(err(
+                name,
+                "expected one object of RoPE settings (per-layer-type settings are not supported)",
+            ));
+        }
+    }
+    let number = |key: &str| -> Result<Option<f64>, CheckpointError> {
         match params.and_then(|p| p.get(key)) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| {
-                CheckpointError::field(path, &format!("{name}.{key}"), format!("{v} is not a number"))
-            }),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| err(&format!("{name}.{key}"), &format!("{v} is not a number"))),
         }
     };
-    let theta = number("rope_theta")?.or(raw.rope_theta).unwrap_or(10_000.0);
-    let kind = params
-        .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let scaling = match kind {
+    let theta = number("rope_theta")?
+        .map(|t| t as f32)
+        .or(raw.rope_theta)
+        .unwrap_or(10_000.0);
+    if !(theta > 0.0 && theta.is_finite()) {
+        return Err(err("rope_theta", &format!("{theta} is not a positive number")));
+    }
+    let kind = match params.map(rope_type) {
+        None => "default".to_string(),
+        Some(Ok(Some(kind))) => kind,
+        Some(Ok(None)) if params.is_some_and(|p| p.get("factor").is_some()) => {
+            return Err(err(name, "has scaling settings but no rope_type"))
+        }
+        Some(Ok(None)) => "default".to_string(),
+        Some(Err(())) => return Err(err(&format!("{name}.rope_type"), "is not a string")),
+    };
+    let scaling = match kind.as_str() {
         "default" => None,
         "llama3" => {
-            let required = |key: &str| {
-                number(key)?.ok_or_else(|| CheckpointError::field(path, &format!("{name}.{key}"), "missing"))
+            let required = |key: &str| -> Result<f64, CheckpointError> {
+                let value = number(key)?.ok_or_else(|| err(&format!("{name}.{key}"), "missing"))?;
+                if !(value > 0.0 && value.is_finite()) {
+                    return Err(err(
+                        &format!("{name}.{key}"),
+                        &format!("{value} is not a positive number"),
+                    ));
+                }
+                Ok(value)
             };
             let context = required("original_max_position_embeddings")?;
+            if context.fract() != 0.0 {
+                return Err(err(
+                    &format!("{name}.original_max_position_embeddings"),
+                    &format!("{context} is not a whole number of positions"),
+                ));
+            }
             let scaling = RopeScaling {
-                factor: Float(required("factor")?),
-                low_freq_factor: Float(required("low_freq_factor")?),
-                high_freq_factor: Float(required("high_freq_factor")?),
+                factor: Float(required("factor")? as f32),
+                low_freq_factor: Float(required("low_freq_factor")? as f32),
+                high_freq_factor: Float(required("high_freq_factor")? as f32),
                 original_context: context as usize,
             };
-            if scaling.high_freq_factor.get() <= scaling.low_freq_factor.get() || context < 1.0 {
-                return Err(CheckpointError::field(
-                    path,
+            if scaling.high_freq_factor.get() <= scaling.low_freq_factor.get() {
+                return Err(err(
                     name,
-                    "llama3 scaling needs high_freq_factor > low_freq_factor and a positive original context",
+                    "llama3 scaling needs high_freq_factor > low_freq_factor",
                 ));
             }
             Some(scaling)
         }
         other => {
-            return Err(CheckpointError::field(
-                path,
+            return Err(err(
                 &format!("{name}.rope_type"),
-                format!("\"{other}\" is not supported (\"default\" or \"llama3\")"),
+                &format!("\"{other}\" is not supported (\"default\" or \"llama3\")"),
             ))
         }
     };
     Ok((theta, scaling))
+}
+
+/// The RoPE type a settings object names (`rope_type`, or `type` in older configs): `Ok(None)`
+/// when it names none, `Err` when the value is not a string.
+fn rope_type(settings: &Value) -> Result<Option<String>, ()> {
+    match settings.get("rope_type").or_else(|| settings.get("type")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(kind)) => Ok(Some(kind.clone())),
+        Some(_) => Err(()),
+    }
 }
 
 /// `dir/config.json`.

@@ -9,18 +9,12 @@ use crate::weights::InitError;
 
 #[derive(Debug, Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not valid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    // The underlying errors are part of the message, not `#[source]`s, so that printing the
+    // error chain does not repeat them.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: not valid JSON: {error}")]
+    Json { path: PathBuf, error: serde_json::Error },
     #[error("{path}: field '{field}': {message}")]
     Field {
         path: PathBuf,
@@ -62,10 +56,10 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         CheckpointError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::HfLlamaConfig;
 pub use error::CheckpointError;
-pub use tensors::{read_all, write_f32, TensorFile};
+pub use tensors::{check_writable, read_all, write_f32, TensorFile};
 
 use crate::ir::{DType, Graph, Init, Node};
 use crate::models::{LlamaConfig, MlpKind, NormKind, Precision};
@@ -39,12 +39,15 @@ const SHARD_INDEX: &str = "model.safetensors.index.json";
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
         if !dir.is_dir() {
-            let kind = if dir.exists() {
-                std::io::ErrorKind::NotADirectory
+            let (kind, what) = if dir.exists() {
+                (
+                    std::io::ErrorKind::NotADirectory,
+                    "not a directory (a checkpoint is a folder)",
+                )
             } else {
-                std::io::ErrorKind::NotFound
+                (std::io::ErrorKind::NotFound, "no such directory")
             };
-            return Err(CheckpointError::io(dir, kind.into()));
+            return Err(CheckpointError::io(dir, std::io::Error::new(kind, what)));
         }
         let config = HfLlamaConfig::load(&config::config_path(dir))?;
         let files = if dir.join(SINGLE).exists() {
@@ -63,7 +66,14 @@ impl Checkpoint {
         let mut index = HashMap::new();
         for (i, file) in files.iter().enumerate() {
             for name in file.names() {
-                index.insert(name, i);
+                // Two shards holding one name would make the weight depend on file order.
+                if let Some(first) = index.insert(name.clone(), i) {
+                    return Err(CheckpointError::Value {
+                        path: file.path().to_path_buf(),
+                        tensor: name,
+                        message: format!("is also in {}", files[first].path().display()),
+                    });
+                }
             }
         }
         Ok(Checkpoint {
@@ -165,30 +175,53 @@ impl Checkpoint {
             .find_map(|n| self.index.get(&n).map(|&i| (&self.files[i], n)))
     }
 
-    fn weight(&self, node: &Node) -> Result<Vec<f32>, CheckpointError> {
-        let want = node.ty.shape.dims();
-        let mut data = Vec::with_capacity(node.ty.numel());
-        for (name, rows) in self.sources(&node.name) {
-            let (file, found) = self.find(&name).ok_or_else(|| CheckpointError::MissingTensor {
-                path: self.dir.clone(),
-                tensor: name.clone(),
-                needed_for: format!("lancet's {} {}", node.name, node.ty),
-            })?;
-            file.require_float(&found)?;
-            let array = file.read(&found)?.expect("indexed tensors exist");
-            let expected = match rows {
-                Some(rows) => vec![rows, want[1]],
-                None => want.to_vec(),
-            };
-            if array.shape.dims() != expected.as_slice() {
-                return Err(CheckpointError::Shape {
-                    path: file.path().to_path_buf(),
-                    tensor: found,
-                    found: array.shape.dims().to_vec(),
-                    expected: format!("{expected:?} (for lancet's {} {})", node.name, node.ty),
-                });
+    /// Checks, from the files' headers alone, that every weight of `graph` is in the checkpoint
+    /// with the right shape and a float dtype: bad checkpoints fail before any work starts.
+    pub fn check(&self, graph: &Graph) -> Result<(), CheckpointError> {
+        for id in graph.params() {
+            let node = graph.node(id);
+            if node.name.ends_with(".weight") {
+                self.parts(node)?;
             }
-            data.extend_from_slice(&array.data);
+        }
+        Ok(())
+    }
+
+    /// The checkpoint tensors that make up lancet's weight `node`, each found, float and of the
+    /// right shape (checked on the header; nothing is read).
+    fn parts(&self, node: &Node) -> Result<Vec<(&TensorFile, String)>, CheckpointError> {
+        let want = node.ty.shape.dims();
+        self.sources(&node.name)
+            .into_iter()
+            .map(|(name, rows)| {
+                let (file, found) = self.find(&name).ok_or_else(|| CheckpointError::MissingTensor {
+                    path: self.dir.clone(),
+                    tensor: name.clone(),
+                    needed_for: format!("lancet's {} {}", node.name, node.ty),
+                })?;
+                file.require_float(&found)?;
+                let shape = &file.info(&found).expect("indexed tensors exist").shape;
+                let expected = match rows {
+                    Some(rows) => vec![rows, want[1]],
+                    None => want.to_vec(),
+                };
+                if shape != &expected {
+                    return Err(CheckpointError::Shape {
+                        path: file.path().to_path_buf(),
+                        tensor: found,
+                        found: shape.clone(),
+                        expected: format!("{expected:?} (for lancet's {} {})", node.name, node.ty),
+                    });
+                }
+                Ok((file, found))
+            })
+            .collect()
+    }
+
+    fn weight(&self, node: &Node) -> Result<Vec<f32>, CheckpointError> {
+        let mut data = Vec::with_capacity(node.ty.numel());
+        for (file, name) in self.parts(node)? {
+            data.extend_from_slice(&file.read(&name)?.expect("indexed tensors exist").data);
         }
         Ok(data)
     }
@@ -198,9 +231,9 @@ impl Checkpoint {
 fn shards(dir: &Path) -> Result<Vec<TensorFile>, CheckpointError> {
     let path = dir.join(SHARD_INDEX);
     let text = std::fs::read_to_string(&path).map_err(|e| CheckpointError::io(&path, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| CheckpointError::Json {
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|error| CheckpointError::Json {
         path: path.clone(),
-        source,
+        error,
     })?;
     let map = json
         .get("weight_map")

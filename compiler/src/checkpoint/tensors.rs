@@ -1,5 +1,6 @@
-//! Safetensors files: read memory-mapped (a checkpoint of several GB is decoded tensor by tensor,
-//! never copied whole), decoded to the f32 the rest of lancet holds; and written from f32.
+//! Safetensors files: read memory-mapped (each tensor is decoded from the mapping, so a file is
+//! never read into memory whole), decoded to the f32 the rest of lancet holds; and written from
+//! f32.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -37,23 +38,14 @@ impl TensorFile {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
-        let data_start = 8 + header_len;
-        let file = TensorFile {
+        // `read_metadata` has checked that the tensors tile the data exactly, each as large as
+        // its dtype and shape say.
+        Ok(TensorFile {
             path: path.to_path_buf(),
             mmap,
-            data_start,
+            data_start: 8 + header_len,
             metadata,
-        };
-        for (name, info) in file.metadata.tensors() {
-            let end = data_start + info.data_offsets.1;
-            if end > file.mmap.len() {
-                return Err(CheckpointError::Format {
-                    path: path.to_path_buf(),
-                    message: format!("tensor '{name}' ends at byte {end}, past the end of the file"),
-                });
-            }
-        }
-        Ok(file)
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -79,16 +71,9 @@ impl TensorFile {
         };
         let bytes = &self.mmap[self.data_start + info.data_offsets.0..self.data_start + info.data_offsets.1];
         let data = self.decode(name, info.dtype, bytes)?;
-        Ok(Some(Array::new(info.shape.clone(), data).ok_or_else(|| {
-            CheckpointError::Format {
-                path: self.path.clone(),
-                message: format!(
-                    "tensor '{name}' holds {} bytes for shape {:?}",
-                    bytes.len(),
-                    info.shape
-                ),
-            }
-        })?))
+        Ok(Some(
+            Array::new(info.shape.clone(), data).expect("read_metadata checked the size"),
+        ))
     }
 
     fn decode(&self, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, CheckpointError> {
@@ -159,14 +144,31 @@ pub fn read_all(path: &Path) -> Result<HashMap<String, Array>, CheckpointError> 
         .collect()
 }
 
-/// Writes `tensors` as f32 to a new safetensors file; an existing file is replaced only when
-/// `force` is set.
-pub fn write_f32(path: &Path, tensors: &[(String, &Array)], force: bool) -> Result<(), CheckpointError> {
+/// Fails unless `path` can be written: its folder exists, and the file does not unless `force`.
+/// Checked before a run, so a typo costs nothing.
+pub fn check_writable(path: &Path, force: bool) -> Result<(), CheckpointError> {
     if path.exists() && !force {
         return Err(CheckpointError::Exists {
             path: path.to_path_buf(),
         });
     }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(CheckpointError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "its folder does not exist"),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `tensors` as f32 to a safetensors file (through a temporary file renamed over it, so
+/// a reader never sees half of one); an existing file is replaced only when `force` is set.
+pub fn write_f32(path: &Path, tensors: &[(String, &Array)], force: bool) -> Result<(), CheckpointError> {
+    check_writable(path, force)?;
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, a)| a.data.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -180,8 +182,12 @@ pub fn write_f32(path: &Path, tensors: &[(String, &Array)], force: bool) -> Resu
             (name.clone(), view)
         })
         .collect::<Vec<_>>();
-    safetensors::serialize_to_file(views, None, path).map_err(|e| CheckpointError::Format {
+    let file = safetensors::serialize(views, None).map_err(|e| CheckpointError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })
+    })?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, file)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| CheckpointError::io(path, e))
 }

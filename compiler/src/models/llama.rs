@@ -70,8 +70,8 @@ pub struct LlamaConfig {
     pub dtype: DType,
     pub batch: usize,
     pub seq: usize,
-    /// `Some(vocab)` builds a full model (token embedding in, final norm out);
-    /// `None` the bare layer stack on hidden states, as the benchmark runs it.
+    /// `Some(vocab)` starts from token ids through an embedding of `vocab` rows; `None` from
+    /// hidden states (the bare layer stack, as the benchmark runs it).
     pub vocab: Option<usize>,
     /// End with the final norm (`norm.weight`), as Hugging Face's `LlamaModel` does.
     #[serde(default)]

@@ -64,7 +64,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// RoPE's inverse frequencies `theta^(-2i / rotary_dim)`, rescaled as Llama 3 does when `scaling`
-/// is given; in f32, step by step as Hugging Face computes them.
+/// is given; in f32, with Hugging Face's operations (its `2π / f` and `context / wavelen` are a
+/// reciprocal then a product).
 pub fn rope_inv_freq(rotary_dim: usize, theta: f32, scaling: Option<&RopeScaling>) -> Vec<f32> {
     let plain = (0..rotary_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dim as f32));
     let Some(s) = scaling else {
@@ -75,13 +76,13 @@ pub fn rope_inv_freq(rotary_dim: usize, theta: f32, scaling: Option<&RopeScaling
     let (low_freq_wavelen, high_freq_wavelen) = (context / low, context / high);
     plain
         .map(|f| {
-            let wavelen = 2.0 * std::f32::consts::PI / f;
+            let wavelen = f.recip() * std::f32::consts::TAU;
             if wavelen < high_freq_wavelen {
                 f
             } else if wavelen > low_freq_wavelen {
                 f / factor
             } else {
-                let smooth = (context / wavelen - low) / (high - low);
+                let smooth = (wavelen.recip() * context - low) / (high - low);
                 (1.0 - smooth) * f / factor + smooth * f
             }
         })

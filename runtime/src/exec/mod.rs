@@ -207,10 +207,8 @@ impl<'d> Executable<'d> {
         let plans = AttentionPlans::new(device, crate::cudnn::PlanStore::from_env())?;
         for (i, step) in plan.steps.iter().enumerate() {
             if let Step::Attention(a) = step {
-                let lookup = plans.get(&step_spec(i, a)?)?;
-                for w in &lookup.warnings {
-                    eprintln!("warning: {w}");
-                }
+                // A lookup prints its own warnings (a rejected cache entry, a failed write).
+                plans.get(&step_spec(i, a)?)?;
             }
         }
         Ok((plans, ms(t)))
@@ -323,9 +321,6 @@ impl<'d> Executable<'d> {
                 Step::Attention(a) => {
                     let t = Instant::now();
                     let lookup = attention.get(&step_spec(i, a)?)?;
-                    for w in &lookup.warnings {
-                        eprintln!("warning: {w}");
-                    }
                     times.attention_plans_ms += ms(t);
                     Pending::Ready(Launch::Attention {
                         plan: lookup.plan,
