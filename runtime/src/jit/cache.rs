@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::nvrtc::PtxasReport;
+use super::toolkit::LibraryId;
 use crate::cache_dir::write_atomically;
 
 /// Everything a cubin depends on.
@@ -58,9 +59,37 @@ pub struct Cached {
 /// What a lookup found; a rejection's reason names the field or the corruption.
 pub type Lookup = crate::cache_dir::Lookup<Cached>;
 
+/// The NVRTC version a library had when it was last loaded.
+#[derive(Serialize, Deserialize)]
+struct Remembered {
+    library: LibraryId,
+    version: (i32, i32),
+}
+
+const TOOLKIT_FILE: &str = "toolkit.json";
+
 impl Cache {
     pub fn new(dir: PathBuf) -> Self {
         Cache { dir }
+    }
+
+    /// The version of NVRTC library `id`, if it was recorded when that very file (same path,
+    /// size and modification time) was last loaded.
+    pub fn remembered_version(&self, id: &LibraryId) -> Option<(i32, i32)> {
+        let text = std::fs::read_to_string(self.dir.join(TOOLKIT_FILE)).ok()?;
+        let remembered: Remembered = serde_json::from_str(&text).ok()?;
+        (remembered.library == *id).then_some(remembered.version)
+    }
+
+    /// Records the version of NVRTC library `id`.
+    pub fn remember_version(&self, id: &LibraryId, version: (i32, i32)) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let remembered = Remembered {
+            library: id.clone(),
+            version,
+        };
+        let text = serde_json::to_string_pretty(&remembered).map_err(std::io::Error::other)?;
+        write_atomically(&self.dir.join(TOOLKIT_FILE), text.as_bytes())
     }
 
     fn paths(&self, key: &str) -> (PathBuf, PathBuf) {
@@ -144,6 +173,30 @@ fn mismatch(stored: &Signature, wanted: &Signature) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nvrtc_versions_are_remembered_per_library_file() {
+        let dir = std::env::temp_dir().join(format!("lancet-toolkit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = Cache::new(dir.clone());
+        let id = LibraryId {
+            path: "/opt/cuda/lib64/libnvrtc.so.13".into(),
+            size: 100,
+            modified_ns: 7,
+        };
+        assert_eq!(cache.remembered_version(&id), None);
+        cache.remember_version(&id, (13, 0)).unwrap();
+        assert_eq!(cache.remembered_version(&id), Some((13, 0)));
+        // The same path after an upgrade (another size or time) is a different library.
+        let upgraded = LibraryId {
+            size: 101,
+            ..id.clone()
+        };
+        assert_eq!(cache.remembered_version(&upgraded), None);
+        let touched = LibraryId { modified_ns: 8, ..id };
+        assert_eq!(cache.remembered_version(&touched), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     fn signature() -> Signature {
         Signature {

@@ -25,6 +25,50 @@ pub struct Toolkit {
     pub nvrtc_version: (i32, i32),
 }
 
+/// The NVRTC library a search would load, identified from the file system alone: with the
+/// version recorded the last time it was loaded, a process whose kernels are all in the cubin
+/// cache need not load NVRTC at all (~0.2 s).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LibraryId {
+    pub path: PathBuf,
+    pub size: u64,
+    pub modified_ns: u128,
+}
+
+/// The [`LibraryId`] of the NVRTC in the first root that has one (`None` when only the
+/// loader's default path could provide it).
+pub fn library_id() -> Option<LibraryId> {
+    let dir = roots().iter().find_map(|r| find_lib(r))?;
+    let path = nvrtc_files(&dir).ok()?.into_iter().next()?;
+    let meta = std::fs::metadata(&path).ok()?;
+    let modified_ns = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(LibraryId {
+        path,
+        size: meta.len(),
+        modified_ns,
+    })
+}
+
+/// The `libnvrtc.so*` files of `dir`, longest name (the versioned soname) first.
+fn nvrtc_files(dir: &Path) -> Result<Vec<PathBuf>, JitError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| JitError::Toolkit(format!("cannot list {}: {e}", dir.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libnvrtc.so"))
+        })
+        .collect();
+    files.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    Ok(files)
+}
+
 /// Roots that may hold `lib64/`, `lib/` and `include/` of a CUDA installation or a pip wheel.
 fn roots() -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = ["CUDA_HOME", "CUDA_PATH"]
@@ -68,19 +112,9 @@ fn find_include(root: &Path) -> Option<PathBuf> {
 /// Loads `libnvrtc.so*` from `dir` by absolute path and keeps it loaded for the process.
 fn preload(dir: &Path) -> Result<(), JitError> {
     static KEPT: OnceLock<Vec<libloading::Library>> = OnceLock::new();
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| JitError::Toolkit(format!("cannot list {}: {e}", dir.display())))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libnvrtc.so"))
-        })
-        .collect();
-    // The versioned soname (libnvrtc.so.13) is what cudarc asks for by name.
-    candidates.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     let mut kept = Vec::new();
-    for path in candidates {
+    // The versioned soname (libnvrtc.so.13), first, is what cudarc asks for by name.
+    for path in nvrtc_files(dir)? {
         // SAFETY: loading NVRTC runs no initialisers with preconditions.
         match unsafe { libloading::Library::new(&path) } {
             Ok(lib) => kept.push(lib),
