@@ -11,7 +11,7 @@ use lancet_compiler::reference::Bindings;
 use lancet_compiler::weights::{constant_params, random_inputs, random_params};
 use lancet_runtime::cublaslt::Gemms;
 use lancet_runtime::device::Device;
-use lancet_runtime::exec::{Executable, InitSource, RandomInit};
+use lancet_runtime::exec::{DeviceParams, Executable, InitKernels, InitSource};
 use lancet_runtime::jit;
 
 use crate::pipeline::{build_kernels, compile, CompileOptions, Compiled};
@@ -56,8 +56,8 @@ impl Data {
 /// Milliseconds of getting from a compiled plan to a ready forward pass.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ReadyTimes {
-    /// A checkpoint read and converted (FP8 weights quantized), or, for random weights, the
-    /// wait for the GPU initialisation's kernels (the draws themselves are part of the upload).
+    /// Waiting for the program that makes weights on the GPU to compile (the weights themselves
+    /// are made, or copied from a checkpoint and converted, in the upload phase).
     pub weights_ms: f64,
     pub load: lancet_runtime::exec::LoadTimes,
     /// How long the main thread waited for NVRTC after its own work (0 when NVRTC finished
@@ -132,6 +132,10 @@ pub fn open<'d>(
     options: &SessionOptions,
     progress: &dyn Fn(&str),
 ) -> Result<Session<'d>> {
+    if let Some(checkpoint) = &data.checkpoint {
+        // Every weight found, float and of the right shape, before any work starts.
+        checkpoint.check(graph)?;
+    }
     let mut compile_options = options.compile.clone();
     compile_options.jit.arch = arch_of(device);
     // Rewrite and lower here; NVRTC runs on another thread while the weights are made and the
@@ -160,32 +164,31 @@ pub fn open<'d>(
             let t = Instant::now();
             Gemms::new(device).map(|g| (g, t.elapsed().as_secs_f64() * 1e3))
         });
-        // Random weights are drawn on the GPU, by a fixed program NVRTC compiles meanwhile.
-        let init = data
-            .checkpoint
-            .is_none()
-            .then(|| scope.spawn(|| jit::compile(&[InitSource], &compile_options.jit)));
+        // Weights are made on the GPU (drawn, or a checkpoint's converted there), by a fixed
+        // program NVRTC compiles meanwhile.
+        let init = scope.spawn(|| jit::compile(&[InitSource], &compile_options.jit));
         let t = Instant::now();
-        let (params, random) = match init {
-            None => {
-                progress("reading the checkpoint");
+        progress("compiling the weight initialisation");
+        let (params, kernels) = match init.join().expect("the init thread does not panic") {
+            // The host gives the constants (activation scales, and norm gains a checkpoint
+            // overrides); the device makes the rest.
+            Ok(compilation) => (
+                constant_params(graph),
+                Some(InitKernels::load(device, &compilation)?),
+            ),
+            // Without NVRTC (yet: the other thread may be fetching it), all on the host.
+            Err(_) => {
+                progress("making the weights on the host");
                 (data.params(graph, options.seed)?, None)
             }
-            Some(init) => {
-                progress("compiling the weight initialisation");
-                match init.join().expect("the init thread does not panic") {
-                    Ok(compilation) => (
-                        constant_params(graph),
-                        Some(RandomInit::load(device, &compilation, options.seed)?),
-                    ),
-                    // Without NVRTC (yet: the other thread may be fetching it), on the host.
-                    Err(_) => {
-                        progress("making random weights on the host");
-                        (data.params(graph, options.seed)?, None)
-                    }
-                }
-            }
         };
+        let on_device = kernels.as_ref().map(|k| {
+            let source = match &data.checkpoint {
+                Some(checkpoint) => DeviceParams::Checkpoint(checkpoint),
+                None => DeviceParams::Random { seed: options.seed },
+            };
+            (k, source)
+        });
         let inputs = data.inputs(graph, options.seed + 1);
         ready.weights_ms = t.elapsed().as_secs_f64() * 1e3;
         progress("building attention plans");
@@ -203,7 +206,7 @@ pub fn open<'d>(
             device,
             plan.clone(),
             &params,
-            random.as_ref(),
+            on_device,
             options.fast_accum,
             attention,
             &gemms,

@@ -1,7 +1,8 @@
-// Random parameters made on the GPU, drawn as lancet's host generator draws them
+// Parameters made on the GPU: random ones drawn as lancet's host generator draws them
 // (compiler/src/weights.rs): SplitMix64 streams keyed by the seed, the tensor's name and its
-// 64 Ki-element chunk; Box-Muller pairs in f32; FP8 weights quantized with their own per-tensor
-// scale amax / max_finite. Not a generated kernel: one fixed program, compiled once.
+// 64 Ki-element chunk; Box-Muller pairs in f32; and a checkpoint's tensors widened from their
+// stored dtype. FP8 weights, from either, are quantized with their own per-tensor scale
+// amax / max_finite. Not a generated kernel: one fixed program, compiled once.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -83,4 +84,14 @@ extern "C" __global__ void quantize_e4m3(const float* x, u64 n, const unsigned* 
 extern "C" __global__ void quantize_e5m2(const float* x, u64 n, const unsigned* amax_bits, __nv_fp8_e5m2* out,
                                          float* scale_out) {
     quantize(x, n, amax_bits, 57344.0f, out, scale_out);
+}
+
+// A checkpoint's bf16 or f16 tensor widened to f32 (the FP8 quantization's input).
+extern "C" __global__ void widen_bf16(const __nv_bfloat16* __restrict__ in, u64 n, float* __restrict__ out) {
+    for (u64 i = u64(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += u64(gridDim.x) * blockDim.x)
+        out[i] = __bfloat162float(in[i]);
+}
+extern "C" __global__ void widen_f16(const __half* __restrict__ in, u64 n, float* __restrict__ out) {
+    for (u64 i = u64(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += u64(gridDim.x) * blockDim.x)
+        out[i] = __half2float(in[i]);
 }

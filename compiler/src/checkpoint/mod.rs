@@ -190,14 +190,24 @@ impl Checkpoint {
     /// The checkpoint tensors that make up lancet's weight `node`, each found, float and of the
     /// right shape (checked on the header; nothing is read).
     fn parts(&self, node: &Node) -> Result<Vec<(&TensorFile, String)>, CheckpointError> {
-        let want = node.ty.shape.dims();
-        self.sources(&node.name)
+        self.parts_of(&node.name, node.ty.shape.dims(), &node.ty.to_string())
+    }
+
+    /// [`Checkpoint::parts`] of lancet's weight `name` of shape `want` (`ty` for messages).
+    fn parts_of(
+        &self,
+        name: &str,
+        want: &[usize],
+        ty: &str,
+    ) -> Result<Vec<(&TensorFile, String)>, CheckpointError> {
+        let node_name = name;
+        self.sources(node_name)
             .into_iter()
             .map(|(name, rows)| {
                 let (file, found) = self.find(&name).ok_or_else(|| CheckpointError::MissingTensor {
                     path: self.dir.clone(),
                     tensor: name.clone(),
-                    needed_for: format!("lancet's {} {}", node.name, node.ty),
+                    needed_for: format!("lancet's {node_name} {ty}"),
                 })?;
                 file.require_float(&found)?;
                 let shape = &file.info(&found).expect("indexed tensors exist").shape;
@@ -210,10 +220,28 @@ impl Checkpoint {
                         path: file.path().to_path_buf(),
                         tensor: found,
                         found: shape.clone(),
-                        expected: format!("{expected:?} (for lancet's {} {})", node.name, node.ty),
+                        expected: format!("{expected:?} (for lancet's {node_name} {ty})"),
                     });
                 }
                 Ok((file, found))
+            })
+            .collect()
+    }
+
+    /// The tensors that make up lancet's weight `name`, in order, as their raw little-endian
+    /// bytes and dtype (bf16, f16 or f32): what a loader converts on the device. Shapes are
+    /// [`Checkpoint::check`]'s business; this only finds the tensors.
+    pub fn raw_parts(&self, name: &str) -> Result<Vec<(DType, &[u8])>, CheckpointError> {
+        self.sources(name)
+            .into_iter()
+            .map(|(source, _)| {
+                let (file, found) = self.find(&source).ok_or_else(|| CheckpointError::MissingTensor {
+                    path: self.dir.clone(),
+                    tensor: source.clone(),
+                    needed_for: format!("lancet's {name}"),
+                })?;
+                file.require_float(&found)?;
+                Ok(file.raw(&found).expect("a float tensor"))
             })
             .collect()
     }

@@ -13,6 +13,7 @@ use safetensors::tensor::{Metadata, TensorInfo, TensorView};
 use safetensors::{Dtype, SafeTensors};
 
 use super::CheckpointError;
+use crate::ir::DType;
 use crate::reference::Array;
 
 /// The float dtypes a tensor may have.
@@ -57,6 +58,22 @@ impl TensorFile {
         let mut names: Vec<String> = self.metadata.tensors().into_keys().collect();
         names.sort();
         names
+    }
+
+    /// The raw little-endian bytes of float tensor `name`, with its dtype (`None` for a missing
+    /// or non-float tensor).
+    pub fn raw(&self, name: &str) -> Option<(DType, &[u8])> {
+        let info = self.metadata.info(name)?;
+        let dtype = match info.dtype {
+            Dtype::BF16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+            Dtype::F32 => DType::F32,
+            _ => return None,
+        };
+        Some((
+            dtype,
+            &self.mmap[self.data_start + info.data_offsets.0..self.data_start + info.data_offsets.1],
+        ))
     }
 
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {

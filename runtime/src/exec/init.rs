@@ -1,16 +1,23 @@
-//! Random parameters made on the GPU, for runs without a checkpoint: the same draws as the host
-//! generator (`lancet_compiler::weights`), made where they are used instead of being computed
-//! on the host (~10⁹ numbers for the headline model) and copied over. The kernels are one fixed
-//! CUDA program, `templates/init.cu`, compiled by NVRTC like the generated ones (and cached).
+//! Parameters made on the GPU: random ones drawn there (the host generator's draws, made where
+//! they are used instead of computed on the host and copied over), and a checkpoint's copied
+//! there as stored (bf16, usually) and converted there, tensor by tensor, so that neither the
+//! whole model in f32 nor its FP8 quantization passes through host memory. The kernels are one
+//! fixed CUDA program, `templates/init.cu`, compiled by NVRTC like the generated ones (and
+//! cached).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{
+    result, CudaFunction, CudaModule, CudaSlice, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+use lancet_compiler::checkpoint::Checkpoint;
 use lancet_compiler::ir::{DType, Init};
-use lancet_compiler::lower::{BufferKind, Plan};
+use lancet_compiler::lower::{Buffer, BufferKind, Plan};
 use lancet_compiler::weights::stream_key;
 
+use super::host::{decode, encode};
 use super::memory::Buffers;
 use super::ExecError;
 use crate::device::{Device, DeviceError};
@@ -29,20 +36,37 @@ impl CudaSource for InitSource {
     }
 }
 
-/// Blocks of the grid-stride init kernels: enough to fill an H100 several times over.
+/// Where the parameters the host does not hand over come from.
+pub enum DeviceParams<'a> {
+    /// Drawn from this seed: every Normal-initialised parameter (and its FP8 scale).
+    Random { seed: u64 },
+    /// Every `*.weight` parameter (and its FP8 scale), from this checkpoint, whose tensors
+    /// [`Checkpoint::check`] has found and sized.
+    Checkpoint(&'a Checkpoint),
+}
+
+/// Blocks of the grid-stride kernels: enough to fill an H100 several times over.
 const GRID: u32 = 132 * 16;
 const BLOCK: u32 = 256;
+const CONFIG: LaunchConfig = LaunchConfig {
+    grid_dim: (GRID, 1, 1),
+    block_dim: (BLOCK, 1, 1),
+    shared_mem_bytes: 0,
+};
 
-/// The init kernels, loaded, with the seed they draw from.
-pub struct RandomInit {
-    seed: u64,
+/// The loaded kernels of [`InitSource`].
+pub struct InitKernels {
     functions: HashMap<&'static str, CudaFunction>,
     _module: Arc<CudaModule>,
 }
 
-impl RandomInit {
+fn driver(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> crate::Error {
+    move |source| crate::Error::from(DeviceError::Driver { what, source })
+}
+
+impl InitKernels {
     /// Loads the compiled [`InitSource`] (the only program of `compilation`).
-    pub fn load(device: &Device, compilation: &Compilation, seed: u64) -> crate::Result<Self> {
+    pub fn load(device: &Device, compilation: &Compilation) -> crate::Result<Self> {
         let compiled = &compilation.kernels[0];
         let kernel_error = |problem: String| ExecError::Kernel {
             kernel: compiled.name.clone(),
@@ -61,29 +85,77 @@ impl RandomInit {
             "amax_f32",
             "quantize_e4m3",
             "quantize_e5m2",
+            "widen_bf16",
+            "widen_f16",
         ] {
             let function = module
                 .load_function(name)
                 .map_err(|e| kernel_error(format!("cuModuleGetFunction({name}) failed: {e}")))?;
             functions.insert(name, function);
         }
-        Ok(RandomInit {
-            seed,
+        Ok(InitKernels {
             functions,
             _module: module,
         })
     }
 
-    /// Fills every parameter buffer of `plan` that is Normal-initialised and not in `given`,
-    /// and the scale buffer of each such FP8 weight; returns the names filled.
+    /// Fills the parameter buffers `source` provides (those in `given` excepted, for random
+    /// ones) and the scale buffer of each FP8 weight among them; returns the names filled.
     pub(crate) fn fill(
         &self,
         device: &Device,
         plan: &Plan,
         buffers: &Buffers,
+        source: &DeviceParams,
         given: impl Fn(&str) -> bool,
     ) -> crate::Result<Vec<String>> {
-        let scale_of: HashMap<&str, usize> = plan
+        let mut fill = Fill::new(self, device, plan, buffers)?;
+        for (id, buffer) in plan.buffers.iter().enumerate() {
+            if buffer.kind != BufferKind::Param {
+                continue;
+            }
+            match (source, &buffer.init) {
+                (DeviceParams::Random { seed }, Some(Init::Normal { std })) if !given(&buffer.name) => {
+                    fill.random(id, stream_key(*seed, &buffer.name), std.get())?
+                }
+                (DeviceParams::Checkpoint(checkpoint), _) if buffer.name.ends_with(".weight") => {
+                    fill.copy_checkpoint(id, checkpoint)?
+                }
+                _ => {}
+            }
+        }
+        device
+            .stream()
+            .synchronize()
+            .map_err(driver("making parameters"))?;
+        Ok(fill.filled)
+    }
+}
+
+/// One pass of filling parameters: the scratch it needs and what it has filled.
+struct Fill<'a> {
+    kernels: &'a InitKernels,
+    device: &'a Device,
+    plan: &'a Plan,
+    buffers: &'a Buffers,
+    /// FP8 weight name → its scale parameter's buffer.
+    scale_of: HashMap<&'a str, usize>,
+    /// f32 values of the FP8 weight being quantized, then its amax.
+    scratch: CudaSlice<f32>,
+    amax: CudaSlice<u32>,
+    /// A checkpoint tensor as stored, before it is widened.
+    staging: CudaSlice<u8>,
+    filled: Vec<String>,
+}
+
+impl<'a> Fill<'a> {
+    fn new(
+        kernels: &'a InitKernels,
+        device: &'a Device,
+        plan: &'a Plan,
+        buffers: &'a Buffers,
+    ) -> crate::Result<Self> {
+        let scale_of = plan
             .buffers
             .iter()
             .enumerate()
@@ -92,101 +164,193 @@ impl RandomInit {
                 _ => None,
             })
             .collect();
-        let stream = device.stream();
-        let driver = |what| move |source| crate::Error::from(DeviceError::Driver { what, source });
-        // Scratch for FP8 weights: f32 draws, then the amax, then the quantized values.
-        let largest = plan
+        let largest_fp8 = plan
             .buffers
             .iter()
-            .filter(|b| b.dtype.is_fp8() && matches!(b.init, Some(Init::Normal { .. })))
+            .filter(|b| b.kind == BufferKind::Param && b.dtype.is_fp8())
             .map(|b| b.elems)
             .max()
             .unwrap_or(0);
-        let mut scratch = stream
-            .alloc_zeros::<f32>(largest.max(1))
-            .map_err(driver("allocating init scratch"))?;
-        let mut amax = stream
+        let stream = device.stream();
+        let scratch = stream
+            .alloc_zeros::<f32>(largest_fp8.max(1))
+            .map_err(driver("allocating parameter scratch"))?;
+        // A part of an FP8 weight is staged as stored: at most 4 bytes (f32) an element.
+        let staging = stream
+            .alloc_zeros::<u8>(4 * largest_fp8.max(1))
+            .map_err(driver("allocating parameter scratch"))?;
+        let amax = stream
             .alloc_zeros::<u32>(1)
-            .map_err(driver("allocating init scratch"))?;
-        let config = LaunchConfig {
-            grid_dim: (GRID, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
+            .map_err(driver("allocating parameter scratch"))?;
+        Ok(Fill {
+            kernels,
+            device,
+            plan,
+            buffers,
+            scale_of,
+            scratch,
+            amax,
+            staging,
+            filled: Vec::new(),
+        })
+    }
+
+    fn launch_error(buffer: &Buffer) -> impl Fn(cudarc::driver::DriverError) -> ExecError + '_ {
+        move |e| ExecError::Kernel {
+            kernel: format!("lancet_init for '{}'", buffer.name),
+            problem: e.to_string(),
+        }
+    }
+
+    /// Draws buffer `id` from the stream `key`.
+    fn random(&mut self, id: usize, key: u64, std: f32) -> crate::Result<()> {
+        let buffer = &self.plan.buffers[id];
+        let n = buffer.elems as u64;
+        let name = match buffer.dtype {
+            DType::F32 => "normal_f32",
+            DType::BF16 => "normal_bf16",
+            DType::F16 => "normal_f16",
+            _ => {
+                let mut b = self
+                    .device
+                    .stream()
+                    .launch_builder(&self.kernels.functions["normal_f32"]);
+                b.arg(&mut self.scratch).arg(&n).arg(&key).arg(&std);
+                // SAFETY: the scratch holds at least `n` f32 (sized for the largest FP8 weight).
+                unsafe { b.launch(CONFIG) }.map_err(Self::launch_error(buffer))?;
+                return self.quantize(id);
+            }
         };
-        let mut filled = Vec::new();
-        for (id, buffer) in plan.buffers.iter().enumerate() {
-            let Some(Init::Normal { std }) = &buffer.init else {
-                continue;
-            };
-            if buffer.kind != BufferKind::Param || given(&buffer.name) {
-                continue;
-            }
-            let (n, key, std) = (
-                buffer.elems as u64,
-                stream_key(self.seed, &buffer.name),
-                std.get(),
-            );
-            let out = buffers.base(id);
-            let launch_error = |e: cudarc::driver::DriverError| ExecError::Kernel {
-                kernel: format!("lancet_init for '{}'", buffer.name),
+        let out = self.buffers.base(id);
+        let mut b = self.device.stream().launch_builder(&self.kernels.functions[name]);
+        b.arg(&out).arg(&n).arg(&key).arg(&std);
+        // SAFETY: `out` is this parameter's own allocation of `n` elements of the kernel's output.
+        unsafe { b.launch(CONFIG) }.map_err(Self::launch_error(buffer))?;
+        self.filled.push(buffer.name.clone());
+        Ok(())
+    }
+
+    /// Copies buffer `id`'s tensors from `checkpoint`: as stored when the dtypes agree, widened
+    /// and quantized on the device for an FP8 weight, converted on the host otherwise (rare:
+    /// small tensors of another float type).
+    fn copy_checkpoint(&mut self, id: usize, checkpoint: &Checkpoint) -> crate::Result<()> {
+        let buffer = &self.plan.buffers[id];
+        let parts = checkpoint
+            .raw_parts(&buffer.name)
+            .map_err(|e| ExecError::Binding {
+                kind: "param",
+                name: buffer.name.clone(),
                 problem: e.to_string(),
-            };
-            let normal = match buffer.dtype {
-                DType::F32 => Some("normal_f32"),
-                DType::BF16 => Some("normal_bf16"),
-                DType::F16 => Some("normal_f16"),
-                _ => None,
-            };
-            if let Some(name) = normal {
-                let mut b = stream.launch_builder(&self.functions[name]);
-                b.arg(&out).arg(&n).arg(&key).arg(&std);
-                // SAFETY: `out` is this parameter's own allocation of `n` elements of the kernel's
-                // output type; the kernel writes exactly those.
-                unsafe { b.launch(config) }.map_err(launch_error)?;
-                filled.push(buffer.name.clone());
-                continue;
+            })?;
+        let elems: usize = parts
+            .iter()
+            .map(|(dtype, bytes)| bytes.len() / dtype.size_bytes())
+            .sum();
+        if elems != buffer.elems {
+            return Err(ExecError::Binding {
+                kind: "param",
+                name: buffer.name.clone(),
+                problem: format!(
+                    "the checkpoint holds {elems} elements, the plan expects {}",
+                    buffer.elems
+                ),
             }
-            let quantize = match buffer.dtype {
-                DType::F8E4M3 => "quantize_e4m3",
-                DType::F8E5M2 => "quantize_e5m2",
-                other => {
-                    return Err(ExecError::Binding {
-                        kind: "param",
-                        name: buffer.name.clone(),
-                        problem: format!("random initialisation of {other} is not supported"),
-                    }
-                    .into())
+            .into());
+        }
+        let stream = self.device.stream();
+        let mut at = 0usize;
+        for (dtype, bytes) in parts {
+            let n = bytes.len() / dtype.size_bytes();
+            if buffer.dtype.is_fp8() {
+                // Into the f32 scratch at element `at`: directly for f32, widened otherwise.
+                let (scratch, _) = self.scratch.device_ptr_mut(stream);
+                let dst = scratch + (4 * at) as CUdeviceptr;
+                if dtype == DType::F32 {
+                    copy(self.device, dst, bytes)?;
+                } else {
+                    let (staging, _) = self.staging.device_ptr_mut(stream);
+                    copy(self.device, staging, bytes)?;
+                    let widen = if dtype == DType::BF16 {
+                        "widen_bf16"
+                    } else {
+                        "widen_f16"
+                    };
+                    let mut b = stream.launch_builder(&self.kernels.functions[widen]);
+                    let count = n as u64;
+                    b.arg(&staging).arg(&count).arg(&dst);
+                    // SAFETY: reads `n` staged elements of `dtype`, writes `n` f32 inside the
+                    // scratch (its parts sum to the buffer's size, checked above).
+                    unsafe { b.launch(CONFIG) }.map_err(Self::launch_error(buffer))?;
                 }
-            };
-            let scale = scale_of.get(buffer.name.as_str()).map(|&s| buffers.base(s));
-            let Some(scale) = scale else {
+            } else {
+                let dst = self.buffers.base(id) + (at * buffer.dtype.size_bytes()) as CUdeviceptr;
+                if dtype == buffer.dtype {
+                    copy(self.device, dst, bytes)?;
+                } else {
+                    copy(self.device, dst, &encode(buffer.dtype, &decode(dtype, bytes)))?;
+                }
+            }
+            at += n;
+        }
+        if buffer.dtype.is_fp8() {
+            return self.quantize(id);
+        }
+        self.filled.push(buffer.name.clone());
+        Ok(())
+    }
+
+    /// Quantizes the f32 scratch into FP8 buffer `id` with the per-tensor scale amax / max,
+    /// written to the weight's scale parameter.
+    fn quantize(&mut self, id: usize) -> crate::Result<()> {
+        let buffer = &self.plan.buffers[id];
+        let n = buffer.elems as u64;
+        let name = match buffer.dtype {
+            DType::F8E4M3 => "quantize_e4m3",
+            DType::F8E5M2 => "quantize_e5m2",
+            other => {
                 return Err(ExecError::Binding {
                     kind: "param",
                     name: buffer.name.clone(),
-                    problem: "an FP8 weight needs a ScaleOf parameter to hold its scale".into(),
+                    problem: format!("{other} parameters cannot be made on the device"),
                 }
-                .into());
-            };
-            stream
-                .memset_zeros(&mut amax)
-                .map_err(driver("clearing the init amax"))?;
-            let mut b = stream.launch_builder(&self.functions["normal_f32"]);
-            b.arg(&mut scratch).arg(&n).arg(&key).arg(&std);
-            // SAFETY: the scratch holds at least `n` f32 (sized for the largest FP8 weight).
-            unsafe { b.launch(config) }.map_err(launch_error)?;
-            let mut b = stream.launch_builder(&self.functions["amax_f32"]);
-            b.arg(&scratch).arg(&n).arg(&mut amax);
-            // SAFETY: reads `n` scratch elements, writes the one amax word.
-            unsafe { b.launch(config) }.map_err(launch_error)?;
-            let mut b = stream.launch_builder(&self.functions[quantize]);
-            b.arg(&scratch).arg(&n).arg(&amax).arg(&out).arg(&scale);
-            // SAFETY: writes `n` FP8 bytes into this weight's allocation and one f32 into its
-            // scale parameter's.
-            unsafe { b.launch(config) }.map_err(launch_error)?;
-            filled.push(buffer.name.clone());
-            filled.push(plan.buffers[scale_of[buffer.name.as_str()]].name.clone());
-        }
-        stream.synchronize().map_err(driver("initialising parameters"))?;
-        Ok(filled)
+                .into())
+            }
+        };
+        let Some(&scale_id) = self.scale_of.get(buffer.name.as_str()) else {
+            return Err(ExecError::Binding {
+                kind: "param",
+                name: buffer.name.clone(),
+                problem: "an FP8 weight needs a ScaleOf parameter to hold its scale".into(),
+            }
+            .into());
+        };
+        let stream = self.device.stream();
+        stream
+            .memset_zeros(&mut self.amax)
+            .map_err(driver("clearing the weight amax"))?;
+        let mut b = stream.launch_builder(&self.kernels.functions["amax_f32"]);
+        b.arg(&self.scratch).arg(&n).arg(&mut self.amax);
+        // SAFETY: reads `n` scratch elements, writes the one amax word.
+        unsafe { b.launch(CONFIG) }.map_err(Self::launch_error(buffer))?;
+        let (out, scale) = (self.buffers.base(id), self.buffers.base(scale_id));
+        let mut b = stream.launch_builder(&self.kernels.functions[name]);
+        b.arg(&self.scratch).arg(&n).arg(&self.amax).arg(&out).arg(&scale);
+        // SAFETY: writes `n` FP8 bytes into this weight's allocation and one f32 into its scale
+        // parameter's.
+        unsafe { b.launch(CONFIG) }.map_err(Self::launch_error(buffer))?;
+        self.filled.push(buffer.name.clone());
+        self.filled.push(self.plan.buffers[scale_id].name.clone());
+        Ok(())
     }
+}
+
+/// Copies `bytes` from the host to device address `dst`, waiting for the copy (pageable memory,
+/// possibly a memory-mapped file: it must be read before this returns).
+fn copy(device: &Device, dst: CUdeviceptr, bytes: &[u8]) -> crate::Result<()> {
+    let stream = device.stream();
+    // SAFETY: `dst` is inside an allocation sized for these bytes (checked by the callers); the
+    // stream is synchronized before `bytes` may go away.
+    unsafe { result::memcpy_htod_async(dst, bytes, stream.cu_stream()) }
+        .map_err(driver("copying a parameter"))?;
+    stream.synchronize().map_err(driver("copying a parameter"))
 }

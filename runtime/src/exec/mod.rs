@@ -27,7 +27,7 @@ use crate::cublaslt::{GemmPlan, GemmPointers, GemmSpec, Gemms, ScalePointers};
 use crate::device::Device;
 use crate::jit::Compilation;
 pub use host::{decode, encode};
-pub use init::{InitSource, RandomInit};
+pub use init::{DeviceParams, InitKernels, InitSource};
 pub use memory::{Buffers, OutOfMemory};
 
 #[derive(Debug, Error)]
@@ -219,12 +219,12 @@ impl<'d> Executable<'d> {
     /// `attention` holds the attention plans (see [`attention_plans`](Self::attention_plans)),
     /// `gemms` the cuBLASLt handle (loading cuBLASLt takes ~0.2 s: callers make both on threads
     /// of their own while the weights are made). Parameters missing from `params` are drawn on
-    /// the GPU by `random` when given (see [`RandomInit`]).
+    /// the GPU from `on_device` when given (see [`DeviceParams`]).
     pub fn prepare(
         device: &'d Device,
         plan: Plan,
         params: &Bindings,
-        random: Option<&RandomInit>,
+        on_device: Option<(&InitKernels, DeviceParams)>,
         fast_accum: bool,
         attention: AttentionPlans,
         gemms: &Gemms,
@@ -235,8 +235,10 @@ impl<'d> Executable<'d> {
         times.allocate_ms = ms(t);
 
         let t = Instant::now();
-        let filled = match random {
-            Some(random) => random.fill(device, &plan, &buffers, |name| params.contains_key(name))?,
+        let filled = match on_device {
+            Some((kernels, source)) => {
+                kernels.fill(device, &plan, &buffers, &source, |name| params.contains_key(name))?
+            }
             None => Vec::new(),
         };
         for (id, buffer) in plan.buffers.iter().enumerate() {
