@@ -57,8 +57,11 @@ impl Data {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ReadyTimes {
     /// Waiting for the program that makes weights on the GPU to compile (the weights themselves
-    /// are made, or copied from a checkpoint and converted, in the upload phase).
+    /// are made, or copied from a checkpoint and converted, in the upload phase); or, when it
+    /// could not compile, making every weight on the host.
     pub weights_ms: f64,
+    /// Whether the weights were made on the device (the fast path) rather than on the host.
+    pub weights_on_device: bool,
     pub load: lancet_runtime::exec::LoadTimes,
     /// How long the main thread waited for NVRTC after its own work (0 when NVRTC finished
     /// first): NVRTC's share of the wall time.
@@ -176,12 +179,15 @@ pub fn open<'d>(
                 constant_params(graph),
                 Some(InitKernels::load(device, &compilation)?),
             ),
-            // Without NVRTC (yet: the other thread may be fetching it), all on the host.
-            Err(_) => {
+            // Without NVRTC (yet: the other thread may be fetching it), all on the host: slower,
+            // and a checkpoint then passes through host memory in f32.
+            Err(e) => {
+                eprintln!("lancet: warning: making the weights on the host: the weight program did not compile: {e}");
                 progress("making the weights on the host");
                 (data.params(graph, options.seed)?, None)
             }
         };
+        ready.weights_on_device = kernels.is_some();
         let on_device = kernels.as_ref().map(|k| {
             let source = match &data.checkpoint {
                 Some(checkpoint) => DeviceParams::Checkpoint(checkpoint),

@@ -163,7 +163,8 @@ pub fn bind_params<E: From<InitError>>(
 }
 
 /// Values for the constant-initialised params of `graph` (norm gains and biases, default
-/// activation scales): what the host provides when the random weights are drawn on the GPU.
+/// activation scales): what the host provides when the GPU makes the weights (drawn, or a
+/// checkpoint's converted, which then overrides the norm gains).
 pub fn constant_params(graph: &Graph) -> Bindings {
     graph
         .params()

@@ -97,7 +97,10 @@ pub fn first_difference<const N: usize>(
 /// Writes `bytes` to `path` through a temporary file renamed over it, so a concurrent reader
 /// (another lancet process) sees the old entry or the new one, never half of one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per process and per call, so two threads writing one entry do not share a file.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}.{call}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

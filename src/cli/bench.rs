@@ -154,7 +154,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let (kernels, cached) = cubins.map_or((0, 0), |c| {
         (c.kernels.len(), c.kernels.iter().filter(|k| k.cached).count())
     });
-    let weights = "weight kernels compiled (weights are made on the device)";
+    let weights = if r.weights_on_device {
+        "weight program compiled (weights are made on the device)"
+    } else {
+        "weights made on the host (the weight program did not compile)"
+    };
     let mut phases: Vec<(String, f64)> = [
         ("model (graph build, checkpoint index)", model_ms),
         ("device open (CUDA context)", device_ms),

@@ -288,6 +288,11 @@ fn checkpoint_weights_match_the_host(precision: Precision) -> Result<(), Failed>
         fast_accum: true,
     };
     let session = open(device, &graph, &data, &options, &|_| ()).map_err(|e| fail(format!("{e:#}")))?;
+    if !session.ready.weights_on_device {
+        return Err(fail(
+            "the checkpoint was converted on the host, not on the device",
+        ));
+    }
     let got = session.params().map_err(|e| fail(format!("{e:#}")))?;
     // Activation scales are calibrated on the device; everything else is the checkpoint's.
     for (name, w) in want.iter().filter(|(n, _)| !n.ends_with("input_scale")) {
@@ -329,6 +334,9 @@ fn random_weights_match_the_host(precision: Precision) -> Result<(), Failed> {
     };
     let session =
         open(device, &graph, &Data::default(), &options, &|_| ()).map_err(|e| fail(format!("{e:#}")))?;
+    if !session.ready.weights_on_device {
+        return Err(fail("the weights were made on the host, not drawn on the device"));
+    }
     let got = session.params().map_err(|e| fail(format!("{e:#}")))?;
     let want = lancet_compiler::weights::random_params(&graph, seed()).map_err(fail)?;
     let mut worst = (0.0, String::new());

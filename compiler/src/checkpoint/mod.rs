@@ -24,6 +24,10 @@ use crate::models::{LlamaConfig, MlpKind, NormKind, Precision};
 use crate::reference::Bindings;
 use crate::weights::bind_params;
 
+/// A checkpoint tensor that is part of a lancet weight: its file, its name there, and the rows it
+/// contributes when it is one of several.
+type Located<'a> = (&'a TensorFile, String, Option<usize>);
+
 /// An open checkpoint directory.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -190,26 +194,10 @@ impl Checkpoint {
     /// The checkpoint tensors that make up lancet's weight `node`, each found, float and of the
     /// right shape (checked on the header; nothing is read).
     fn parts(&self, node: &Node) -> Result<Vec<(&TensorFile, String)>, CheckpointError> {
-        self.parts_of(&node.name, node.ty.shape.dims(), &node.ty.to_string())
-    }
-
-    /// [`Checkpoint::parts`] of lancet's weight `name` of shape `want` (`ty` for messages).
-    fn parts_of(
-        &self,
-        name: &str,
-        want: &[usize],
-        ty: &str,
-    ) -> Result<Vec<(&TensorFile, String)>, CheckpointError> {
-        let node_name = name;
-        self.sources(node_name)
+        let want = node.ty.shape.dims();
+        self.located(&node.name, &node.ty.to_string())?
             .into_iter()
-            .map(|(name, rows)| {
-                let (file, found) = self.find(&name).ok_or_else(|| CheckpointError::MissingTensor {
-                    path: self.dir.clone(),
-                    tensor: name.clone(),
-                    needed_for: format!("lancet's {node_name} {ty}"),
-                })?;
-                file.require_float(&found)?;
+            .map(|(file, found, rows)| {
                 let shape = &file.info(&found).expect("indexed tensors exist").shape;
                 let expected = match rows {
                     Some(rows) => vec![rows, want[1]],
@@ -220,7 +208,7 @@ impl Checkpoint {
                         path: file.path().to_path_buf(),
                         tensor: found,
                         found: shape.clone(),
-                        expected: format!("{expected:?} (for lancet's {node_name} {ty})"),
+                        expected: format!("{expected:?} (for lancet's {} {})", node.name, node.ty),
                     });
                 }
                 Ok((file, found))
@@ -228,21 +216,34 @@ impl Checkpoint {
             .collect()
     }
 
-    /// The tensors that make up lancet's weight `name`, in order, as their raw little-endian
-    /// bytes and dtype (bf16, f16 or f32): what a loader converts on the device. Shapes are
-    /// [`Checkpoint::check`]'s business; this only finds the tensors.
-    pub fn raw_parts(&self, name: &str) -> Result<Vec<(DType, &[u8])>, CheckpointError> {
+    /// The float tensors that make up lancet's weight `name` (`what` describes it in errors),
+    /// each with its file, its name there and the rows it contributes when it is one of several.
+    fn located(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<Vec<Located<'_>>, CheckpointError> {
         self.sources(name)
             .into_iter()
-            .map(|(source, _)| {
+            .map(|(source, rows)| {
                 let (file, found) = self.find(&source).ok_or_else(|| CheckpointError::MissingTensor {
                     path: self.dir.clone(),
                     tensor: source.clone(),
-                    needed_for: format!("lancet's {name}"),
+                    needed_for: format!("lancet's {name} {what}"),
                 })?;
                 file.require_float(&found)?;
-                Ok(file.raw(&found).expect("a float tensor"))
+                Ok((file, found, rows))
             })
+            .collect()
+    }
+
+    /// The tensors that make up lancet's weight `name`, in order, as their raw little-endian
+    /// bytes and dtype (bf16, f16 or f32): what a loader converts on the device. Call
+    /// [`Checkpoint::check`] first: this finds the tensors, it does not check their shapes.
+    pub fn raw_parts(&self, name: &str) -> Result<Vec<(DType, &[u8])>, CheckpointError> {
+        self.located(name, "")?
+            .into_iter()
+            .map(|(file, found, _)| Ok(file.raw(&found).expect("a float tensor")))
             .collect()
     }
 

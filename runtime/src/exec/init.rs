@@ -5,7 +5,7 @@
 //! fixed CUDA program, `templates/init.cu`, compiled by NVRTC like the generated ones (and
 //! cached).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUdeviceptr;
@@ -108,8 +108,8 @@ impl InitKernels {
         buffers: &Buffers,
         source: &DeviceParams,
         given: impl Fn(&str) -> bool,
-    ) -> crate::Result<Vec<String>> {
-        let mut fill = Fill::new(self, device, plan, buffers)?;
+    ) -> crate::Result<HashSet<String>> {
+        let mut fill = Fill::new(self, device, plan, buffers, source)?;
         for (id, buffer) in plan.buffers.iter().enumerate() {
             if buffer.kind != BufferKind::Param {
                 continue;
@@ -145,7 +145,24 @@ struct Fill<'a> {
     amax: CudaSlice<u32>,
     /// A checkpoint tensor as stored, before it is widened.
     staging: CudaSlice<u8>,
-    filled: Vec<String>,
+    filled: HashSet<String>,
+}
+
+/// Zeroed scratch of `n` elements, or an out-of-memory error that says how much.
+fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    device: &Device,
+    n: usize,
+) -> crate::Result<CudaSlice<T>> {
+    device.stream().alloc_zeros::<T>(n).map_err(|_| {
+        let (free, total) = result::mem_get_info().unwrap_or((0, 0));
+        ExecError::OutOfMemory(super::OutOfMemory {
+            what: "scratch for making parameters on the device".into(),
+            asked: n * std::mem::size_of::<T>(),
+            free,
+            total,
+        })
+        .into()
+    })
 }
 
 impl<'a> Fill<'a> {
@@ -154,6 +171,7 @@ impl<'a> Fill<'a> {
         device: &'a Device,
         plan: &'a Plan,
         buffers: &'a Buffers,
+        source: &DeviceParams,
     ) -> crate::Result<Self> {
         let scale_of = plan
             .buffers
@@ -171,17 +189,24 @@ impl<'a> Fill<'a> {
             .map(|b| b.elems)
             .max()
             .unwrap_or(0);
-        let stream = device.stream();
-        let scratch = stream
-            .alloc_zeros::<f32>(largest_fp8.max(1))
-            .map_err(driver("allocating parameter scratch"))?;
-        // A part of an FP8 weight is staged as stored: at most 4 bytes (f32) an element.
-        let staging = stream
-            .alloc_zeros::<u8>(4 * largest_fp8.max(1))
-            .map_err(driver("allocating parameter scratch"))?;
-        let amax = stream
-            .alloc_zeros::<u32>(1)
-            .map_err(driver("allocating parameter scratch"))?;
+        // A bf16 or f16 part of a checkpoint's FP8 weight is staged as stored before widening
+        // (f32 parts go straight into the scratch).
+        let largest_staged = match source {
+            DeviceParams::Checkpoint(checkpoint) => plan
+                .buffers
+                .iter()
+                .filter(|b| b.kind == BufferKind::Param && b.dtype.is_fp8())
+                .filter_map(|b| checkpoint.raw_parts(&b.name).ok())
+                .flatten()
+                .filter(|(dtype, _)| *dtype != DType::F32)
+                .map(|(_, bytes)| bytes.len())
+                .max()
+                .unwrap_or(0),
+            DeviceParams::Random { .. } => 0,
+        };
+        let scratch = alloc::<f32>(device, largest_fp8.max(1))?;
+        let staging = alloc::<u8>(device, largest_staged.max(1))?;
+        let amax = alloc::<u32>(device, 1)?;
         Ok(Fill {
             kernels,
             device,
@@ -191,7 +216,7 @@ impl<'a> Fill<'a> {
             scratch,
             amax,
             staging,
-            filled: Vec::new(),
+            filled: HashSet::new(),
         })
     }
 
@@ -210,7 +235,7 @@ impl<'a> Fill<'a> {
             DType::F32 => "normal_f32",
             DType::BF16 => "normal_bf16",
             DType::F16 => "normal_f16",
-            _ => {
+            DType::F8E4M3 | DType::F8E5M2 => {
                 let mut b = self
                     .device
                     .stream()
@@ -220,19 +245,27 @@ impl<'a> Fill<'a> {
                 unsafe { b.launch(CONFIG) }.map_err(Self::launch_error(buffer))?;
                 return self.quantize(id);
             }
+            other => {
+                return Err(ExecError::Binding {
+                    kind: "param",
+                    name: buffer.name.clone(),
+                    problem: format!("random {other} parameters cannot be drawn on the device"),
+                }
+                .into())
+            }
         };
         let out = self.buffers.base(id);
         let mut b = self.device.stream().launch_builder(&self.kernels.functions[name]);
         b.arg(&out).arg(&n).arg(&key).arg(&std);
         // SAFETY: `out` is this parameter's own allocation of `n` elements of the kernel's output.
         unsafe { b.launch(CONFIG) }.map_err(Self::launch_error(buffer))?;
-        self.filled.push(buffer.name.clone());
+        self.filled.insert(buffer.name.clone());
         Ok(())
     }
 
     /// Copies buffer `id`'s tensors from `checkpoint`: as stored when the dtypes agree, widened
-    /// and quantized on the device for an FP8 weight, converted on the host otherwise (rare:
-    /// small tensors of another float type).
+    /// and quantized on the device for an FP8 weight, converted on the host, tensor by tensor,
+    /// otherwise (an f16 or f32 checkpoint into a bf16 graph).
     fn copy_checkpoint(&mut self, id: usize, checkpoint: &Checkpoint) -> crate::Result<()> {
         let buffer = &self.plan.buffers[id];
         let parts = checkpoint
@@ -295,7 +328,7 @@ impl<'a> Fill<'a> {
         if buffer.dtype.is_fp8() {
             return self.quantize(id);
         }
-        self.filled.push(buffer.name.clone());
+        self.filled.insert(buffer.name.clone());
         Ok(())
     }
 
@@ -338,8 +371,8 @@ impl<'a> Fill<'a> {
         // SAFETY: writes `n` FP8 bytes into this weight's allocation and one f32 into its scale
         // parameter's.
         unsafe { b.launch(CONFIG) }.map_err(Self::launch_error(buffer))?;
-        self.filled.push(buffer.name.clone());
-        self.filled.push(self.plan.buffers[scale_id].name.clone());
+        self.filled.insert(buffer.name.clone());
+        self.filled.insert(self.plan.buffers[scale_id].name.clone());
         Ok(())
     }
 }

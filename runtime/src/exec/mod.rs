@@ -218,8 +218,8 @@ impl<'d> Executable<'d> {
     /// NVRTC can compile them meanwhile (on another thread) and [`Prepared::finish`] load them.
     /// `attention` holds the attention plans (see [`attention_plans`](Self::attention_plans)),
     /// `gemms` the cuBLASLt handle (loading cuBLASLt takes ~0.2 s: callers make both on threads
-    /// of their own while the weights are made). Parameters missing from `params` are drawn on
-    /// the GPU from `on_device` when given (see [`DeviceParams`]).
+    /// of their own while the weights are made). `on_device`, when given, makes parameters on
+    /// the GPU (see [`DeviceParams`]): those override `params`, which supplies the rest.
     pub fn prepare(
         device: &'d Device,
         plan: Plan,
@@ -239,7 +239,7 @@ impl<'d> Executable<'d> {
             Some((kernels, source)) => {
                 kernels.fill(device, &plan, &buffers, &source, |name| params.contains_key(name))?
             }
-            None => Vec::new(),
+            None => Default::default(),
         };
         for (id, buffer) in plan.buffers.iter().enumerate() {
             match buffer.kind {
@@ -545,28 +545,22 @@ impl<'d> Executable<'d> {
             .collect())
     }
 
-    /// Every output, by name, as f32 values.
     /// Every parameter as the device holds it (flat), calibrated scales included: what a check
-    /// against the reference interpreter must evaluate with when the weights were drawn on the
+    /// against the reference interpreter must evaluate with, since the weights were made on the
     /// GPU.
     pub fn params(&self) -> crate::Result<HashMap<String, Array>> {
-        let mut out = HashMap::new();
-        for (id, buffer) in self.plan.buffers.iter().enumerate() {
-            if buffer.kind == BufferKind::Param {
-                let values = self.buffers.download(self.device, id, buffer)?;
-                out.insert(
-                    buffer.name.clone(),
-                    Array::new(vec![buffer.elems], values).expect("sized"),
-                );
-            }
-        }
-        Ok(out)
+        self.download(BufferKind::Param)
     }
 
+    /// Every output, by name, as f32 values (flat).
     pub fn outputs(&self) -> crate::Result<HashMap<String, Array>> {
+        self.download(BufferKind::Output)
+    }
+
+    fn download(&self, kind: BufferKind) -> crate::Result<HashMap<String, Array>> {
         let mut out = HashMap::new();
         for (id, buffer) in self.plan.buffers.iter().enumerate() {
-            if buffer.kind == BufferKind::Output {
+            if buffer.kind == kind {
                 let values = self.buffers.download(self.device, id, buffer)?;
                 out.insert(
                     buffer.name.clone(),

@@ -170,9 +170,13 @@ pub fn compile<K: CudaSource>(kernels: &[K], opts: &JitOptions) -> Result<Compil
         warnings.extend(warning);
         ordered[i] = Some(compiled);
     }
-    if let (Some(cache), Some(id), None) = (&cache, &library, remembered) {
-        if let Err(e) = cache.remember_version(id, version) {
-            warnings.push(format!("could not record NVRTC's version in the cache: {e}"));
+    // The version NVRTC reported when a miss loaded it outranks a recorded one.
+    let version = toolkit::loaded().map_or(version, |t| t.nvrtc_version);
+    if let (Some(cache), Some(id)) = (&cache, &library) {
+        if remembered != Some(version) {
+            if let Err(e) = cache.remember_version(id, version) {
+                warnings.push(format!("could not record NVRTC's version in the cache: {e}"));
+            }
         }
     }
     Ok(Compilation {
@@ -184,6 +188,34 @@ pub fn compile<K: CudaSource>(kernels: &[K], opts: &JitOptions) -> Result<Compil
         nvrtc_version: version,
         wall_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// `kernel` from the cache under `signature`, if there; a rejected entry leaves a `warning`.
+fn cached(
+    kernel: &dyn CudaSource,
+    signature: &Signature,
+    cache: Option<&Cache>,
+    t0: Instant,
+    warning: &mut Option<String>,
+) -> Option<Compiled> {
+    match cache?.get(signature) {
+        Lookup::Hit(cache::Cached { cubin, report, log }) => Some(Compiled {
+            name: kernel.name().to_string(),
+            cubin,
+            report,
+            log,
+            cached: true,
+            ms: t0.elapsed().as_secs_f64() * 1e3,
+        }),
+        Lookup::Rejected(why) => {
+            *warning = Some(format!(
+                "kernel {}: cached cubin rejected, recompiling: {why}",
+                kernel.name()
+            ));
+            None
+        }
+        Lookup::Miss => None,
+    }
 }
 
 /// A compiled kernel and, when the cache misbehaved, a warning saying how.
@@ -198,37 +230,21 @@ fn one(
 ) -> Outcome {
     let t0 = Instant::now();
     let mut warning = None;
-    if let Some(cache) = cache {
-        match cache.get(signature) {
-            Lookup::Hit(cache::Cached { cubin, report, log }) => {
-                let compiled = Compiled {
-                    name: kernel.name().to_string(),
-                    cubin,
-                    report,
-                    log,
-                    cached: true,
-                    ms: t0.elapsed().as_secs_f64() * 1e3,
-                };
-                return Ok((compiled, None));
-            }
-            Lookup::Rejected(why) => {
-                warning = Some(format!(
-                    "kernel {}: cached cubin rejected, recompiling: {why}",
-                    kernel.name()
-                ))
-            }
-            Lookup::Miss => {}
-        }
+    if let Some(hit) = cached(kernel, signature, cache, t0, &mut warning) {
+        return Ok((hit, None));
     }
-    // A miss: now NVRTC is needed, and must be the version the signature names.
+    // A miss: NVRTC is needed now. Should the version recorded for its library file be stale,
+    // the entry may be in the cache under the loaded version.
     let toolkit = toolkit::locate()?;
     let (major, minor) = toolkit.nvrtc_version;
+    let mut signature = signature.clone();
     if signature.nvrtc != format!("{major}.{minor}") {
-        return Err(JitError::Toolkit(format!(
-            "NVRTC {major}.{minor} is loaded, but the cache recorded {} for the same library file",
-            signature.nvrtc
-        )));
+        signature.nvrtc = format!("{major}.{minor}");
+        if let Some(hit) = cached(kernel, &signature, cache, t0, &mut warning) {
+            return Ok((hit, None));
+        }
     }
+    let signature = &signature;
     let flags = options(arch, &toolkit.include_dir);
     let file = format!("{}.cu", kernel.name());
     let cubin = nvrtc::compile(&file, kernel.body(), &flags)?;

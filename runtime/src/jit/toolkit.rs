@@ -12,6 +12,9 @@ use std::sync::OnceLock;
 
 use super::JitError;
 
+/// The toolkit this process found and loaded, once it has.
+static FOUND: OnceLock<Toolkit> = OnceLock::new();
+
 /// The pip packages that carry NVRTC and the CUDA headers.
 pub const PIP_PACKAGES: &[&str] = &["nvidia-cuda-nvrtc", "nvidia-cuda-runtime"];
 
@@ -125,10 +128,14 @@ fn preload(dir: &Path) -> Result<(), JitError> {
     Ok(())
 }
 
+/// The toolkit, if a search of this process has loaded NVRTC.
+pub fn loaded() -> Option<&'static Toolkit> {
+    FOUND.get()
+}
+
 /// Finds NVRTC and the headers, loads NVRTC, and reads its version. A success is kept for the
 /// process; a failure is not, so a search after [`fetch_with_pip`] looks again.
 pub fn locate() -> Result<&'static Toolkit, JitError> {
-    static FOUND: OnceLock<Toolkit> = OnceLock::new();
     if let Some(found) = FOUND.get() {
         return Ok(found);
     }
