@@ -218,11 +218,7 @@ impl Checkpoint {
 
     /// The float tensors that make up lancet's weight `name` (`what` describes it in errors),
     /// each with its file, its name there and the rows it contributes when it is one of several.
-    fn located(
-        &self,
-        name: &str,
-        what: &str,
-    ) -> Result<Vec<Located<'_>>, CheckpointError> {
+    fn located(&self, name: &str, what: &str) -> Result<Vec<Located<'_>>, CheckpointError> {
         self.sources(name)
             .into_iter()
             .map(|(source, rows)| {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::nvrtc::PtxasReport;
 use super::toolkit::LibraryId;
-use crate::cache_dir::write_atomically;
+use crate::cache_dir::{first_difference, Lookup as Found, Store};
 
 /// Everything a cubin depends on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,9 +45,7 @@ impl Signature {
 }
 
 /// A cubin cache in one folder.
-pub struct Cache {
-    dir: PathBuf,
-}
+pub struct Cache(Store);
 
 /// A cached compilation.
 pub struct Cached {
@@ -56,7 +54,7 @@ pub struct Cached {
     pub log: String,
 }
 
-/// What a lookup found; a rejection's reason names the field or the corruption.
+/// What a lookup found; a rejection's reason names the file and the field or the corruption.
 pub type Lookup = crate::cache_dir::Lookup<Cached>;
 
 /// The NVRTC version a library had when it was last loaded.
@@ -70,65 +68,60 @@ const TOOLKIT_FILE: &str = "toolkit.json";
 
 impl Cache {
     pub fn new(dir: PathBuf) -> Self {
-        Cache { dir }
+        Cache(Store::new(dir))
     }
 
     /// The version of NVRTC library `id`, if it was recorded when that very file (same path,
     /// size and modification time) was last loaded.
     pub fn remembered_version(&self, id: &LibraryId) -> Option<(i32, i32)> {
-        let text = std::fs::read_to_string(self.dir.join(TOOLKIT_FILE)).ok()?;
-        let remembered: Remembered = serde_json::from_str(&text).ok()?;
+        let Found::Hit(bytes) = self.0.read(TOOLKIT_FILE) else {
+            return None;
+        };
+        let remembered: Remembered = serde_json::from_slice(&bytes).ok()?;
         (remembered.library == *id).then_some(remembered.version)
     }
 
     /// Records the version of NVRTC library `id`.
     pub fn remember_version(&self, id: &LibraryId, version: (i32, i32)) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
         let remembered = Remembered {
             library: id.clone(),
             version,
         };
-        let text = serde_json::to_string_pretty(&remembered).map_err(std::io::Error::other)?;
-        write_atomically(&self.dir.join(TOOLKIT_FILE), text.as_bytes())
-    }
-
-    fn paths(&self, key: &str) -> (PathBuf, PathBuf) {
-        (
-            self.dir.join(format!("{key}.cubin")),
-            self.dir.join(format!("{key}.json")),
-        )
+        let text = serde_json::to_vec_pretty(&remembered).map_err(std::io::Error::other)?;
+        self.0.write(TOOLKIT_FILE, &text).map(drop)
     }
 
     pub fn get(&self, signature: &Signature) -> Lookup {
-        let (cubin_path, json_path) = self.paths(&signature.key());
-        let Ok(text) = std::fs::read_to_string(&json_path) else {
-            return Lookup::Miss;
-        };
-        let sidecar: Sidecar = match serde_json::from_str(&text) {
-            Ok(s) => s,
-            Err(e) => return Lookup::Rejected(format!("{}: unreadable ({e})", json_path.display())),
-        };
-        if let Some(field) = mismatch(&sidecar.signature, signature) {
-            return Lookup::Rejected(format!("{}: field '{field}' does not match", json_path.display()));
-        }
-        let cubin = match std::fs::read(&cubin_path) {
-            Ok(c) => c,
-            Err(e) => return Lookup::Rejected(format!("{}: {e}", cubin_path.display())),
-        };
-        if sha256(&cubin) != sidecar.cubin_sha256 {
-            return Lookup::Rejected(format!(
-                "{}: contents do not match their recorded hash",
-                cubin_path.display()
-            ));
-        }
-        Lookup::Hit(Cached {
-            cubin,
-            report: sidecar.report,
-            log: sidecar.log,
+        let key = signature.key();
+        let (cubin_file, json_file) = (format!("{key}.cubin"), format!("{key}.json"));
+        let in_file = |file: &str, reason: String| format!("{}: {reason}", self.0.path(file).display());
+        self.0.read(&json_file).and_then(|text| {
+            let sidecar: Sidecar = match serde_json::from_slice(&text) {
+                Ok(s) => s,
+                Err(e) => return Lookup::Rejected(in_file(&json_file, format!("unreadable ({e})"))),
+            };
+            if let Some((field, stored, current)) = mismatch(&sidecar.signature, signature) {
+                let reason = format!("field '{field}' is {stored}, this process has {current}");
+                return Lookup::Rejected(in_file(&json_file, reason));
+            }
+            match self.0.read(&cubin_file) {
+                Found::Hit(cubin) if sha256(&cubin) == sidecar.cubin_sha256 => Lookup::Hit(Cached {
+                    cubin,
+                    report: sidecar.report,
+                    log: sidecar.log,
+                }),
+                Found::Hit(_) => Lookup::Rejected(in_file(
+                    &cubin_file,
+                    "contents do not match their recorded hash".into(),
+                )),
+                Found::Miss => Lookup::Rejected(in_file(&cubin_file, "missing beside its sidecar".into())),
+                Found::Rejected(reason) => Lookup::Rejected(in_file(&cubin_file, reason)),
+            }
         })
     }
 
-    /// Stores an entry; write-then-rename, so a reader never sees half a file.
+    /// Stores an entry: the cubin, then its sidecar (each written atomically), so a reader sees
+    /// a sidecar only once its cubin is complete.
     pub fn put(
         &self,
         signature: &Signature,
@@ -136,38 +129,32 @@ impl Cache {
         report: &PtxasReport,
         log: &str,
     ) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let (cubin_path, json_path) = self.paths(&signature.key());
+        let key = signature.key();
         let sidecar = Sidecar {
             signature: signature.clone(),
             cubin_sha256: sha256(cubin),
             report: report.clone(),
             log: log.to_string(),
         };
-        write_atomically(&cubin_path, cubin)?;
-        write_atomically(
-            &json_path,
-            serde_json::to_string_pretty(&sidecar)
-                .expect("sidecars serialize")
-                .as_bytes(),
-        )
+        self.0.write(&format!("{key}.cubin"), cubin)?;
+        let json = serde_json::to_vec_pretty(&sidecar).map_err(std::io::Error::other)?;
+        self.0.write(&format!("{key}.json"), &json).map(drop)
     }
 }
 
-fn mismatch(stored: &Signature, wanted: &Signature) -> Option<&'static str> {
-    if stored.source_sha256 != wanted.source_sha256 {
-        Some("source_sha256")
-    } else if stored.arch != wanted.arch {
-        Some("arch")
-    } else if stored.nvrtc != wanted.nvrtc {
-        Some("nvrtc")
-    } else if stored.options != wanted.options {
-        Some("options")
-    } else if stored.lancet != wanted.lancet {
-        Some("lancet")
-    } else {
-        None
-    }
+/// The first signature field in which `stored` differs from `wanted`, with both values.
+fn mismatch(stored: &Signature, wanted: &Signature) -> Option<(&'static str, String, String)> {
+    first_difference([
+        (
+            "source_sha256",
+            stored.source_sha256.clone(),
+            wanted.source_sha256.clone(),
+        ),
+        ("arch", stored.arch.clone(), wanted.arch.clone()),
+        ("nvrtc", stored.nvrtc.clone(), wanted.nvrtc.clone()),
+        ("options", stored.options.join(" "), wanted.options.join(" ")),
+        ("lancet", stored.lancet.clone(), wanted.lancet.clone()),
+    ])
 }
 
 #[cfg(test)]
