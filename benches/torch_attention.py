@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from torch_timing import time_calls
+
 BATCH, Q_HEADS, SEQ = 2, 32, 2048
 # (name, kv heads, head dim, causal): the rows of benches/attention.rs.
 CASES = [
@@ -35,21 +37,6 @@ def packed_views(kv_heads, head_dim):
         return qkv[..., lo:hi].view(BATCH, SEQ, n, head_dim).transpose(1, 2)
 
     return heads(0, k0, Q_HEADS), heads(k0, v0, kv_heads), heads(v0, width, kv_heads)
-
-
-def time_calls(fn, warmup, samples, calls):
-    for _ in range(warmup):
-        fn()
-    events = []
-    for _ in range(samples):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize()
-    return [start.elapsed_time(end) / calls for start, end in events]
 
 
 def main():

@@ -17,6 +17,8 @@ import statistics
 
 import torch
 
+from torch_timing import time_calls
+
 M = 4096
 # (name, N, K, residual): the rows of benches/gemm.rs.
 CASES = [
@@ -25,21 +27,6 @@ CASES = [
     ("gate_up", 16384, 2048, False),
     ("down", 2048, 8192, True),
 ]
-
-
-def time_calls(fn, warmup, samples, calls):
-    for _ in range(warmup):
-        fn()
-    events = []
-    for _ in range(samples):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize()
-    return [start.elapsed_time(end) / calls for start, end in events]
 
 
 def graph_of(fn, calls):
