@@ -86,6 +86,70 @@ impl Store {
     }
 }
 
+/// One kind of typed entry: the subfolder it lives in, how a key names its file, and how a value
+/// is written and read back (a read checks the stored key and any checksum, and rejects with the
+/// reason).
+pub trait EntryFormat {
+    const KIND: &'static str;
+    type Key;
+    type Value;
+    fn file_name(key: &Self::Key) -> String;
+    fn encode(key: &Self::Key, value: &Self::Value) -> io::Result<Vec<u8>>;
+    fn decode(key: &Self::Key, bytes: &[u8]) -> Lookup<Self::Value>;
+}
+
+/// A [`Store`] of one [`EntryFormat`].
+pub struct Entries<F> {
+    store: Store,
+    format: std::marker::PhantomData<fn() -> F>,
+}
+
+impl<F> Clone for Entries<F> {
+    fn clone(&self) -> Self {
+        Entries {
+            store: self.store.clone(),
+            format: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for Entries<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Entries").field(&self.store).finish()
+    }
+}
+
+impl<F: EntryFormat> Entries<F> {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Entries {
+            store: Store::new(dir),
+            format: std::marker::PhantomData,
+        }
+    }
+
+    /// The format's folder of the [cache root](root), if there is one.
+    pub fn from_env() -> Option<Self> {
+        subdir(F::KIND).map(Self::new)
+    }
+
+    /// Where the entry for `key` lives.
+    pub fn path(&self, key: &F::Key) -> PathBuf {
+        self.store.path(&F::file_name(key))
+    }
+
+    pub fn load(&self, key: &F::Key) -> Lookup<F::Value> {
+        self.store
+            .read(&F::file_name(key))
+            .and_then(|bytes| F::decode(key, &bytes))
+    }
+
+    /// Writes the entry for `key` atomically (a temporary file renamed over the old entry), so a
+    /// concurrent reader sees the old entry or the new one, never half of one.
+    pub fn store(&self, key: &F::Key, value: &F::Value) -> io::Result<PathBuf> {
+        self.store.write(&F::file_name(key), &F::encode(key, value)?)
+    }
+}
+
 /// The first of `fields` — (name, stored value, this process's value) — whose values differ:
 /// why a stored key does not match, for the rejection's reason.
 pub fn first_difference<const N: usize>(

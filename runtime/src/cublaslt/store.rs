@@ -10,13 +10,12 @@
 //! upgrade the old entry is found, rejected with a warning, and overwritten.
 
 use std::io;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::Version;
 use super::spec::GemmSpec;
-use crate::cache_dir::{self, first_difference, Store};
+use crate::cache_dir::{self, first_difference, EntryFormat};
 use crate::device::DeviceInfo;
 
 /// Version of the file layout below; bump it when a field changes meaning.
@@ -121,40 +120,33 @@ struct Entry {
     algo_sha256: String,
 }
 
+/// The format of tuned choices: one JSON entry with its key and checksum.
+pub struct Algos;
+
 /// A folder of tuned choices.
-#[derive(Clone, Debug)]
-pub struct AlgoStore(Store);
+pub type AlgoStore = cache_dir::Entries<Algos>;
 
-impl AlgoStore {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        AlgoStore(Store::new(dir))
+impl EntryFormat for Algos {
+    const KIND: &'static str = "cublaslt";
+    type Key = AlgoKey;
+    type Value = StoredAlgo;
+
+    fn file_name(key: &AlgoKey) -> String {
+        key.file_name()
     }
 
-    /// The `cublaslt/` folder of lancet's [cache directory](crate::cache_dir), if there is one.
-    pub fn from_env() -> Option<Self> {
-        Store::from_env("cublaslt").map(AlgoStore)
-    }
-
-    /// Where the entry for `key` lives.
-    pub fn path(&self, key: &AlgoKey) -> PathBuf {
-        self.0.path(&key.file_name())
-    }
-
-    pub fn load(&self, key: &AlgoKey) -> AlgoLookup {
-        self.0.read(&key.file_name()).and_then(|bytes| parse(key, &bytes))
-    }
-
-    /// Writes the entry for `key` atomically (a temporary file renamed over the old entry), so a
-    /// concurrent reader sees the old entry or the new one, never half of one.
-    pub fn store(&self, key: &AlgoKey, algo: &StoredAlgo) -> io::Result<PathBuf> {
+    fn encode(key: &AlgoKey, algo: &StoredAlgo) -> io::Result<Vec<u8>> {
         let entry = Entry {
             format: FORMAT,
             key: key.clone(),
             algo: algo.clone(),
             algo_sha256: checksum(algo)?,
         };
-        let bytes = serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?;
-        self.0.write(&key.file_name(), &bytes)
+        serde_json::to_vec_pretty(&entry).map_err(io::Error::other)
+    }
+
+    fn decode(key: &AlgoKey, bytes: &[u8]) -> AlgoLookup {
+        parse(key, bytes)
     }
 }
 
@@ -216,6 +208,7 @@ mod hex_words {
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::path::PathBuf;
 
     use super::*;
 

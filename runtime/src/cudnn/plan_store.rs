@@ -9,13 +9,12 @@
 //! rejected with a warning, and overwritten, rather than piling up next to the new one.
 
 use std::io;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::Version;
 use super::graph::GraphSpec;
-use crate::cache_dir::{self, first_difference, Store};
+use crate::cache_dir::{self, first_difference, EntryFormat};
 use crate::device::DeviceInfo;
 
 /// Version of the file layout below; bump it when the header or body changes meaning.
@@ -89,32 +88,22 @@ struct Header {
     plan_fnv1a64: String,
 }
 
+/// The format of serialized plans: a one-line JSON header, then cuDNN's representation.
+pub struct Plans;
+
 /// A folder of serialized plans.
-#[derive(Clone, Debug)]
-pub struct PlanStore(Store);
+pub type PlanStore = cache_dir::Entries<Plans>;
 
-impl PlanStore {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        PlanStore(Store::new(dir))
+impl EntryFormat for Plans {
+    const KIND: &'static str = "cudnn";
+    type Key = PlanKey;
+    type Value = StoredPlan;
+
+    fn file_name(key: &PlanKey) -> String {
+        key.file_name()
     }
 
-    /// The `cudnn/` folder of lancet's [cache directory](crate::cache_dir), if there is one.
-    pub fn from_env() -> Option<Self> {
-        Store::from_env("cudnn").map(PlanStore)
-    }
-
-    /// Where the entry for `key` lives.
-    pub fn path(&self, key: &PlanKey) -> PathBuf {
-        self.0.path(&key.file_name())
-    }
-
-    pub fn load(&self, key: &PlanKey) -> Lookup {
-        self.0.read(&key.file_name()).and_then(|bytes| parse(key, &bytes))
-    }
-
-    /// Writes the entry for `key` atomically (a temporary file renamed over the old entry), so a
-    /// concurrent reader sees the old entry or the new one, never half of one.
-    pub fn store(&self, key: &PlanKey, plan: &StoredPlan) -> io::Result<PathBuf> {
+    fn encode(key: &PlanKey, plan: &StoredPlan) -> io::Result<Vec<u8>> {
         let header = Header {
             format: FORMAT,
             key: key.clone(),
@@ -125,7 +114,11 @@ impl PlanStore {
         let mut bytes = serde_json::to_vec(&header).map_err(io::Error::other)?;
         bytes.push(b'\n');
         bytes.extend_from_slice(&plan.json);
-        self.0.write(&key.file_name(), &bytes)
+        Ok(bytes)
+    }
+
+    fn decode(key: &PlanKey, bytes: &[u8]) -> Lookup {
+        parse(key, bytes)
     }
 }
 
@@ -179,6 +172,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::path::PathBuf;
 
     use super::*;
 
