@@ -27,6 +27,15 @@ fn driver(what: &'static str) -> impl FnOnce(DriverError) -> DeviceError {
     move |source| DeviceError::Driver { what, source }
 }
 
+/// Makes `stream`'s context current on this thread: the driver, cuDNN and cuBLASLt act in
+/// whatever context is current. (Not a stream operation, so harmless during a capture.)
+pub(crate) fn bind(stream: &CudaStream) -> Result<(), DeviceError> {
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(driver("making the context current"))
+}
+
 /// What identifies a GPU for compiled artifacts: its model name, architecture and SM count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -107,10 +116,7 @@ impl Device {
     /// Bytes of device memory in use (by every process) and in total, as the driver reports
     /// them: the difference between two readings is what this process allocated in between.
     pub fn memory_used(&self) -> Result<(usize, usize), DeviceError> {
-        self.stream
-            .context()
-            .bind_to_thread()
-            .map_err(driver("binding the context"))?;
+        bind(&self.stream)?;
         let (free, total) = cudarc::driver::result::mem_get_info().map_err(driver("cuMemGetInfo"))?;
         Ok((total - free, total))
     }

@@ -21,6 +21,7 @@ pub mod device;
 mod error;
 pub mod exec;
 pub mod jit;
+mod native;
 
 pub use cudarc;
 pub use error::{Error, Result};

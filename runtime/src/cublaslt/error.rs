@@ -4,6 +4,8 @@ use std::fmt;
 
 use thiserror::Error;
 
+pub use crate::native::Status;
+
 /// A cuBLASLt version as `cublasLtGetVersion` reports it: `major·10000 + minor·100 + patch`
 /// (`130100` is 13.1.0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -35,19 +37,6 @@ impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (major, minor, patch) = self.parts();
         write!(f, "{major}.{minor}.{patch}")
-    }
-}
-
-/// A non-success `cublasStatus_t`: its code and the library's own name for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Status {
-    pub code: i32,
-    pub name: String,
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name, self.code)
     }
 }
 

@@ -13,7 +13,7 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::library::Library;
-use crate::device::DeviceError;
+use crate::device::{bind, DeviceError};
 use crate::Result;
 
 /// NVIDIA's recommended cuBLAS workspace for Hopper (sm_90), and Transformer Engine's: 32 MiB.
@@ -87,19 +87,6 @@ impl Handle {
     pub fn unit_scale(&self) -> CUdeviceptr {
         self.unit_scale.1
     }
-}
-
-/// Makes the stream's context current on this thread: cuBLASLt launches its kernels in
-/// whatever context is current. (Not a stream operation, so harmless during a capture.)
-pub(crate) fn bind(stream: &CudaStream) -> Result<()> {
-    stream
-        .context()
-        .bind_to_thread()
-        .map_err(|source| DeviceError::Driver {
-            what: "making the context current",
-            source,
-        })?;
-    Ok(())
 }
 
 impl Drop for Handle {

@@ -18,6 +18,7 @@ use cudarc::cublaslt::sys::{
 };
 
 use super::error::{CublasLtError, Status, Version};
+use crate::native::resolve_api;
 
 pub(crate) type RawStatus = i32;
 type Layout = cublasLtMatrixLayout_t;
@@ -158,21 +159,6 @@ impl Library {
     }
 }
 
-/// Resolves each `field = "symbol"` from `lib`, or returns [`CublasLtError::MissingSymbol`].
-macro_rules! resolve {
-    ($lib:expr, $version:expr, { $($field:ident = $symbol:literal),* $(,)? }) => {
-        Api { $(
-            // SAFETY: the field's type is the C prototype of the symbol, with enums as integers.
-            $field: match unsafe { $lib.get(concat!($symbol, "\0").as_bytes()) } {
-                Ok(symbol) => *symbol,
-                Err(_) => {
-                    return Err(CublasLtError::MissingSymbol { version: $version, symbol: $symbol })
-                }
-            },
-        )* }
-    };
-}
-
 fn load() -> Result<Library, CublasLtError> {
     // SAFETY: only tries to open the candidates; `culib` would panic if none opened.
     if !unsafe { sys::is_culib_present() } {
@@ -191,7 +177,7 @@ fn load() -> Result<Library, CublasLtError> {
     // SAFETY: takes no arguments, has no preconditions.
     let version = Version(unsafe { get_version() });
     version.check_supported()?;
-    let api = resolve!(lib, version.to_string(), {
+    let api = resolve_api!(CublasLtError, lib, version.to_string(), {
         status_name = "cublasLtGetStatusName",
         create = "cublasLtCreate",
         destroy = "cublasLtDestroy",

@@ -8,10 +8,11 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use super::algo::{Algo, AlgoConfig};
-use super::handle::{bind, Handle};
+use super::handle::Handle;
 use super::matmul::Matmul;
 use super::spec::{GemmSpec, Precision, OPERAND_ALIGNMENT, SCALE_ALIGNMENT};
 use super::tune::Tuning;
+use crate::device::bind;
 use crate::{Error, Result};
 
 /// Device addresses of the per-tensor dequantization scales (one f32 each) of an FP8 GEMM,

@@ -17,11 +17,11 @@ use half::bf16;
 
 use super::algo::{Algo, AlgoConfig};
 use super::error::CublasLtError;
-use super::handle::{bind, Handle, DEFAULT_WORKSPACE_BYTES};
+use super::handle::{Handle, DEFAULT_WORKSPACE_BYTES};
 use super::matmul::Matmul;
 use super::plan::{GemmPointers, ScalePointers};
 use super::spec::{GemmSpec, Precision};
-use crate::device::DeviceError;
+use crate::device::{bind, DeviceError};
 use crate::Result;
 
 /// The heuristic's first choice is kept unless another candidate beats it by more than this

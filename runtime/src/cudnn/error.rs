@@ -4,6 +4,8 @@ use std::fmt;
 
 use thiserror::Error;
 
+pub use crate::native::Status;
+
 /// A cuDNN library version as `cudnnGetVersion` reports it (`91400` is 9.14.0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version(pub usize);
@@ -41,19 +43,6 @@ impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (major, minor, patch) = self.parts();
         write!(f, "{major}.{minor}.{patch}")
-    }
-}
-
-/// A non-success `cudnnStatus_t`: its code and the library's own name for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Status {
-    pub code: i32,
-    pub name: String,
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name, self.code)
     }
 }
 

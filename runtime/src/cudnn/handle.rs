@@ -9,7 +9,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::descriptor::Descriptor;
 use super::library::Library;
-use crate::device::DeviceError;
+use crate::device::{bind, DeviceError};
 use crate::Result;
 
 /// A cuDNN handle whose work runs on one stream.
@@ -96,19 +96,6 @@ impl Handle {
             .lib
             .check(status, || format!("cudnnBackendExecute of {plan}"))?)
     }
-}
-
-/// Makes the stream's context current on this thread: cuDNN creates handles, loads compiled
-/// engines and launches kernels in whatever context is current.
-pub(crate) fn bind(stream: &CudaStream) -> Result<()> {
-    stream
-        .context()
-        .bind_to_thread()
-        .map_err(|source| DeviceError::Driver {
-            what: "making the context current",
-            source,
-        })?;
-    Ok(())
 }
 
 impl Drop for Handle {

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use cudarc::cudnn::sys::{self, cudaStream_t, cudnnBackendDescriptor_t, cudnnHandle_t};
 
 use super::error::{CudnnError, Status, Version};
+use crate::native::resolve_api;
 
 type RawStatus = i32;
 
@@ -76,21 +77,6 @@ impl Library {
     }
 }
 
-/// Resolves each `field = "symbol"` from `lib`, or returns [`CudnnError::MissingSymbol`].
-macro_rules! resolve {
-    ($lib:expr, $version:expr, { $($field:ident = $symbol:literal),* $(,)? }) => {
-        Api { $(
-            // SAFETY: the field's type is the C prototype of the symbol, with enums as integers.
-            $field: match unsafe { $lib.get(concat!($symbol, "\0").as_bytes()) } {
-                Ok(symbol) => *symbol,
-                Err(_) => {
-                    return Err(CudnnError::MissingSymbol { version: $version, symbol: $symbol })
-                }
-            },
-        )* }
-    };
-}
-
 fn load() -> Result<Library, CudnnError> {
     // SAFETY: only tries to open the candidates; `culib` would panic if none opened.
     if !unsafe { sys::is_culib_present() } {
@@ -111,7 +97,7 @@ fn load() -> Result<Library, CudnnError> {
     // SAFETY: takes no arguments, has no preconditions.
     let version = Version(unsafe { get_version() });
     version.check_supported()?;
-    let api = resolve!(lib, version.to_string(), {
+    let api = resolve_api!(CudnnError, lib, version.to_string(), {
         get_error_string = "cudnnGetErrorString",
         get_last_error_string = "cudnnGetLastErrorString",
         create = "cudnnCreate",
