@@ -11,6 +11,8 @@
 //! median, min and max per call over `--samples` samples, after `--warmup` untimed calls.
 //! `benches/torch_attention.py` times PyTorch's cuDNN attention the same way.
 
+#[path = "common/device.rs"]
+mod common_device;
 #[path = "common/options.rs"]
 mod options;
 
@@ -28,7 +30,7 @@ use lancet_runtime::attention::{AttentionSpec, PlanSource};
 use lancet_runtime::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use lancet_runtime::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use lancet_runtime::cudnn::{Library, PlanStore};
-use lancet_runtime::device::{self, Device};
+use lancet_runtime::device::Device;
 use serde_json::{json, Value};
 
 /// The flag the parent passes to the child processes that measure plan builds and restores.
@@ -73,18 +75,9 @@ fn cases() -> Vec<(&'static str, AttentionSpec)> {
 }
 
 fn run(options: &Options) -> Result<()> {
-    match device::device_count() {
-        Ok(n) if n > 0 => {}
-        Ok(_) => {
-            println!("attention bench: SKIPPED: no CUDA device");
-            return Ok(());
-        }
-        Err(e) => {
-            println!("attention bench: SKIPPED: {e}");
-            return Ok(());
-        }
-    }
-    let device = Device::open(0)?;
+    let Some(device) = common_device::open_or_skip("attention bench")? else {
+        return Ok(());
+    };
     let cudnn = Library::get()?.version();
     println!("device: {}; cuDNN {cudnn}", device.info());
 

@@ -15,6 +15,8 @@
 //! max per call over `--samples` samples, after `--warmup` untimed calls.
 //! `benches/torch_gemm.py` times `torch._scaled_mm` the same way.
 
+#[path = "common/device.rs"]
+mod common_device;
 #[path = "common/options.rs"]
 mod options;
 
@@ -30,7 +32,6 @@ use lancet_runtime::cublaslt::{AlgoStore, GemmPlan, GemmPointers, GemmSpec, Gemm
 use lancet_runtime::cublaslt::{TuneOptions, TuneSource};
 use lancet_runtime::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use lancet_runtime::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use lancet_runtime::device::{self, Device};
 use serde_json::{json, Value};
 
 /// Tokens: batch 2 × sequence 2048.
@@ -61,18 +62,9 @@ struct Registries {
 }
 
 fn run(options: &Options) -> Result<()> {
-    match device::device_count() {
-        Ok(n) if n > 0 => {}
-        Ok(_) => {
-            println!("gemm bench: SKIPPED: no CUDA device");
-            return Ok(());
-        }
-        Err(e) => {
-            println!("gemm bench: SKIPPED: {e}");
-            return Ok(());
-        }
-    }
-    let device = Device::open(0)?;
+    let Some(device) = common_device::open_or_skip("gemm bench")? else {
+        return Ok(());
+    };
     let store_dir = std::env::temp_dir().join(format!("lancet-bench-gemm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store_dir);
     let store = AlgoStore::new(&store_dir);
