@@ -135,6 +135,17 @@ impl TensorFile {
         })
     }
 
+    /// Every tensor of the file, as f32 arrays by name.
+    pub fn read_all(&self) -> Result<HashMap<String, Array>, CheckpointError> {
+        self.names()
+            .into_iter()
+            .map(|name| {
+                let array = self.read(&name)?.expect("listed names exist");
+                Ok((name, array))
+            })
+            .collect()
+    }
+
     /// Refuses a tensor that is not a float (weights must be bf16, f16 or f32).
     pub fn require_float(&self, name: &str) -> Result<(), CheckpointError> {
         match self.metadata.info(name).map(|i| i.dtype) {
@@ -151,14 +162,7 @@ impl TensorFile {
 
 /// Every tensor of a safetensors file, as f32 arrays by name.
 pub fn read_all(path: &Path) -> Result<HashMap<String, Array>, CheckpointError> {
-    let file = TensorFile::open(path)?;
-    file.names()
-        .into_iter()
-        .map(|name| {
-            let array = file.read(&name)?.expect("listed names exist");
-            Ok((name, array))
-        })
-        .collect()
+    TensorFile::open(path)?.read_all()
 }
 
 /// Fails unless `path` can be written: its folder exists, and the file does not unless `force`.
