@@ -60,7 +60,7 @@ pub fn summarize(graph: &Graph) -> Summary {
             Op::Linear { .. } | Op::LinearAdd { .. } => {
                 s.flops.linear += 2.0 * out * operand(0).shape.last() as f64
             }
-            Op::Attention { causal, .. } => {
+            Op::Attention { causal, .. } | Op::Fp8Attention { causal, .. } => {
                 let (q, k, v) = (operand(0).shape, operand(1).shape, operand(2).shape);
                 let pairs = (q.0[0] * q.0[1] * q.0[2] * k.0[2]) as f64;
                 let full = 2.0 * pairs * (q.0[3] + v.0[3]) as f64;

@@ -4,7 +4,7 @@
 
 use lancet_compiler::ir::{Builder, DType, GeluApprox, Graph, Init, Op, RopeStyle};
 use lancet_compiler::lower::{lower, lower_with, LowerOptions, Plan, Step};
-use lancet_compiler::models::{LlamaConfig, Precision, PRESETS};
+use lancet_compiler::models::{AttentionPrecision, LlamaConfig, Precision, PRESETS};
 use lancet_compiler::reference::{evaluate, rel_l2, Bindings};
 use lancet_compiler::rewrite::{optimize, Options};
 use lancet_compiler::weights::{random_inputs, random_params};
@@ -25,6 +25,9 @@ fn small(name: &str, dtype: DType, precision: Precision) -> LlamaConfig {
     c.seq = 16;
     c.dtype = dtype;
     c.precision = precision;
+    if precision == Precision::Bf16 {
+        c.attention = AttentionPrecision::Bf16;
+    }
     c
 }
 
@@ -236,18 +239,19 @@ fn launches(plan: &Plan) -> Vec<String> {
 }
 
 #[test]
-fn llama_layer_fuses_to_five_kernels_four_gemms_one_attention() {
+fn llama_layer_fuses_to_four_kernels_four_gemms_one_attention() {
     let mut c = LlamaConfig::preset("llama-3.2-1b").unwrap();
     c.layers = 3;
+    assert_eq!(c.attention, AttentionPrecision::Fp8);
     let p = plan(&c, true);
     assert_eq!(p.gemms(), 3 * 4);
     assert_eq!(p.attentions(), 3);
-    // Per layer: norm + quantize, RoPE of Q and K in one launch, attention-output quantize,
-    // norm + quantize, SwiGLU + quantize. Residual adds live in GEMM epilogues.
+    // Per layer: norm + quantize; RoPE of Q and K with the quantize of Q, K and V in one launch
+    // (FP8 attention writes O already quantized); norm + quantize; SwiGLU + quantize. Residual
+    // adds live in GEMM epilogues.
     let per_layer = [
         "rms_norm_quantize",
-        "rope",
-        "quantize",
+        "quantize_rope",
         "rms_norm_quantize",
         "silu_mul_quantize",
     ];
@@ -258,17 +262,29 @@ fn llama_layer_fuses_to_five_kernels_four_gemms_one_attention() {
         .filter(|s| matches!(s, Step::Gemm(g) if g.residual.is_some()))
         .count();
     assert_eq!(residual_gemms, 3 * 2);
-    // Eight layers share the same four kernels: one compile each.
-    assert_eq!(p.kernels.len(), 4);
-    // V reaches attention as a strided view of the packed QKV projection, without a copy.
+    // Eight layers share the same kernels: one compile each.
+    assert_eq!(p.kernels.len(), 3);
     let Some(Step::Attention(a)) = p.steps.iter().find(|s| matches!(s, Step::Attention(_))) else {
         panic!()
     };
-    assert_eq!(p.buffers[a.v.buffer].name, "layers.0.self_attn.qkv_proj");
+    let scales = a.fp8.as_ref().expect("FP8 attention");
     assert_eq!(
-        (a.v.offset, a.v.strides.clone()),
-        (2560, vec![6291456, 64, 3072, 1])
+        p.buffers[scales.o.buffer].name,
+        "layers.0.self_attn.o_proj.input_scale"
     );
+    assert_eq!(p.buffers[scales.v.buffer].name, "layers.0.self_attn.v_scale");
+    assert_eq!(p.amax_slots[scales.amax_slot], a.node);
+    // O goes to the output projection as it is: e4m3, [b, s, h·d] row-major.
+    assert_eq!(a.o.dtype, DType::F8E4M3);
+    let o_proj = p
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Gemm(g) if g.x.buffer == a.o.buffer => Some(g),
+            _ => None,
+        })
+        .expect("a GEMM reads O in place");
+    assert_eq!((o_proj.k, o_proj.ldx), (2048, 2048));
     // One RoPE table serves every layer's Q and K.
     let tables: Vec<_> = p
         .buffers
@@ -280,9 +296,39 @@ fn llama_layer_fuses_to_five_kernels_four_gemms_one_attention() {
 }
 
 #[test]
+fn llama_layer_with_bf16_attention_fuses_to_five_kernels() {
+    let mut c = LlamaConfig::preset("llama-3.2-1b").unwrap();
+    c.layers = 3;
+    c.attention = AttentionPrecision::Bf16;
+    let p = plan(&c, true);
+    // The attention output needs its own quantize pass for the FP8 output projection.
+    let per_layer = [
+        "rms_norm_quantize",
+        "rope",
+        "quantize",
+        "rms_norm_quantize",
+        "silu_mul_quantize",
+    ];
+    assert_eq!(launches(&p), per_layer.repeat(3));
+    assert_eq!(p.kernels.len(), 4);
+    // V reaches attention as a strided view of the packed QKV projection, without a copy.
+    let Some(Step::Attention(a)) = p.steps.iter().find(|s| matches!(s, Step::Attention(_))) else {
+        panic!()
+    };
+    assert!(a.fp8.is_none());
+    assert_eq!(p.buffers[a.v.buffer].name, "layers.0.self_attn.qkv_proj");
+    assert_eq!(
+        (a.v.offset, a.v.strides.clone()),
+        (2560, vec![6291456, 64, 3072, 1])
+    );
+}
+
+#[test]
 fn unfused_baseline_is_one_kernel_per_glue_op() {
+    // The seed's layout: bf16 attention.
     let mut c = LlamaConfig::preset("llama-3.2-1b").unwrap();
     c.layers = 1;
+    c.attention = AttentionPrecision::Bf16;
     let p = plan(&c, false);
     assert_eq!(
         launches(&p),
@@ -300,8 +346,7 @@ fn seed_te_fuses_layernorm_and_gelu() {
     let p = plan(&c, true);
     let per_layer = [
         "layer_norm_quantize",
-        "rope",
-        "quantize",
+        "quantize_rope",
         "layer_norm_quantize",
         "gelu_quantize",
     ];
@@ -465,12 +510,15 @@ fn anchored(source: &str, needle: &str) {
 fn generated_sources_have_their_anchors() {
     let mut c = LlamaConfig::preset("llama-3.2-1b").unwrap();
     c.layers = 2;
-    let p = plan(&c, true);
+    let fp8 = plan(&c, true);
+    c.attention = AttentionPrecision::Bf16;
+    let bf16 = plan(&c, true);
     let source = |prefix: &str| {
-        p.kernels
+        [&fp8, &bf16]
             .iter()
+            .flat_map(|p| &p.kernels)
             .find(|k| k.name.rsplit_once('_').unwrap().0 == prefix)
-            .unwrap()
+            .unwrap_or_else(|| panic!("no {prefix} kernel"))
             .source()
     };
     let norm = source("rms_norm_quantize");
@@ -529,6 +577,20 @@ fn generated_sources_have_their_anchors() {
     anchored(
         &quant,
         "load<__nv_bfloat16, V, 1>(arg0 + i0 * 4194304 + i1 * 2048 + i_last, a0);",
+    );
+
+    // FP8 attention: one launch quantizes V and rotates and quantizes K and Q, each job writing
+    // e4m3 heads [b, s, h, d] that attention reads through the heads permute.
+    let qkv = source("quantize_rope");
+    anchored(&qkv, "// job 0: %0 = quantize(arg0, arg1)");
+    anchored(&qkv, "// job 1: %0 = rope(arg0); %1 = quantize(%0, arg1)");
+    anchored(
+        &qkv,
+        "store<__nv_fp8_e4m3, V, 1>(out + i0 * 1048576 + i1 * 512 + i2 * 64 + i_last, v0);",
+    );
+    anchored(
+        &qkv,
+        "store<__nv_fp8_e4m3, V, 1>(out + i0 * 4194304 + i1 * 2048 + i2 * 64 + i_last, v1);",
     );
 }
 

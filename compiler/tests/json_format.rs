@@ -11,8 +11,7 @@ fn preset(name: &str, precision: Precision) -> Graph {
     config.layers = 2;
     config.seq = 8;
     config.batch = 1;
-    config.precision = precision;
-    config.build().unwrap()
+    config.with_precision(precision).build().unwrap()
 }
 
 fn assert_same(a: &Graph, b: &Graph) {

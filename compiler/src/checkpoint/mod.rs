@@ -123,6 +123,8 @@ impl Checkpoint {
             norm_eps: c.norm_eps,
             mlp: MlpKind::Swiglu,
             precision,
+            // The caller opts into FP8 attention: it depends on the cuDNN at hand.
+            attention: crate::models::AttentionPrecision::Bf16,
             dtype,
             batch,
             seq,

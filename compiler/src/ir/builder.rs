@@ -177,6 +177,29 @@ impl Builder {
         )
     }
 
+    /// FP8 attention over quantized `q`, `k`, `v` with their scales, quantizing its result with
+    /// `o_scale` to `out` (see [`Op::Fp8Attention`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fp8_attention(
+        &mut self,
+        [q, k, v]: [Tensor; 3],
+        [q_scale, k_scale, v_scale, o_scale]: [Tensor; 4],
+        causal: bool,
+        scale: f32,
+        p_scale: f32,
+        out: DType,
+    ) -> Result<Tensor> {
+        self.node(
+            Op::Fp8Attention {
+                causal,
+                scale: scale.into(),
+                p_scale: p_scale.into(),
+                out,
+            },
+            &[q, k, v, q_scale, k_scale, v_scale, o_scale],
+        )
+    }
+
     pub fn add(&mut self, a: Tensor, b: Tensor) -> Result<Tensor> {
         self.node(Op::Add, &[a, b])
     }

@@ -45,4 +45,7 @@ pub enum GraphError {
     },
     #[error("node {node} ({op}): inputs, params and outputs need a non-empty name")]
     MissingName { node: NodeId, op: &'static str },
+    /// A model configuration that describes no valid graph.
+    #[error("model configuration: {0}")]
+    Config(String),
 }

@@ -26,6 +26,9 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, Mismatch> {
             ..
         } => rope(inputs, *rotary_dim, theta.get(), scaling.as_ref()),
         Op::Attention { scale, .. } => attention(inputs, scale.get()),
+        Op::Fp8Attention {
+            scale, p_scale, out, ..
+        } => fp8_attention(inputs, scale.get(), p_scale.get(), *out),
         Op::Add | Op::Mul => binary(inputs),
         Op::Silu | Op::Gelu { .. } => {
             arity(inputs, 1, "1")?;
@@ -337,6 +340,48 @@ fn rope(
 
 fn attention(inputs: &[&TensorType], scale: f32) -> Result<TensorType, Mismatch> {
     arity(inputs, 3, "3 (q, k, v)")?;
+    for (what, t) in [("q", inputs[0]), ("k", inputs[1]), ("v", inputs[2])] {
+        float_operand(t, what)?;
+    }
+    let dims = attention_dims(inputs, scale)?;
+    Ok(TensorType::new(inputs[0].dtype, dims))
+}
+
+fn fp8_attention(
+    inputs: &[&TensorType],
+    scale: f32,
+    p_scale: f32,
+    out: DType,
+) -> Result<TensorType, Mismatch> {
+    arity(inputs, 7, "7 (q, k, v, q_scale, k_scale, v_scale, o_scale)")?;
+    if !inputs[0].dtype.is_fp8() {
+        return Err(Mismatch::DType(format!("q must be FP8, got {}", inputs[0].dtype)));
+    }
+    for (what, t) in [
+        ("q_scale", inputs[3]),
+        ("k_scale", inputs[4]),
+        ("v_scale", inputs[5]),
+        ("o_scale", inputs[6]),
+    ] {
+        scalar_f32(t, what)?;
+    }
+    if !out.is_fp8() {
+        return Err(Mismatch::DType(format!(
+            "the output must be an FP8 type, not {out}"
+        )));
+    }
+    // P is rounded to e4m3 after multiplying by p_scale: P ≤ 1 must stay finite.
+    if !(p_scale.is_finite() && p_scale > 0.0 && p_scale <= 448.0) {
+        return Err(Mismatch::Attribute(format!(
+            "p_scale must be in (0, 448] so that probabilities up to 1 fit e4m3, got {p_scale}"
+        )));
+    }
+    let dims = attention_dims(&inputs[..3], scale)?;
+    Ok(TensorType::new(out, dims))
+}
+
+/// The output dims `[b, hq, sq, dv]` of attention over `(q, k, v)` of one dtype.
+fn attention_dims(inputs: &[&TensorType], scale: f32) -> Result<[usize; 4], Mismatch> {
     let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
     for (what, t) in [("q", q), ("k", k), ("v", v)] {
         if t.shape.rank() != 4 {
@@ -345,7 +390,6 @@ fn attention(inputs: &[&TensorType], scale: f32) -> Result<TensorType, Mismatch>
                 t.shape
             )));
         }
-        float_operand(t, what)?;
         if t.dtype != q.dtype {
             return Err(Mismatch::DType(format!(
                 "{what} is {}, q is {}",
@@ -384,7 +428,7 @@ fn attention(inputs: &[&TensorType], scale: f32) -> Result<TensorType, Mismatch>
     if !scale.is_finite() {
         return Err(Mismatch::Attribute(format!("scale must be finite, got {scale}")));
     }
-    Ok(TensorType::new(q.dtype, [b, hq, sq, dv]))
+    Ok([b, hq, sq, dv])
 }
 
 /// NumPy broadcasting of two shapes, aligned at the trailing axis.

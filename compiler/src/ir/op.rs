@@ -90,6 +90,17 @@ pub enum Op {
     /// `softmax(q·kᵀ·scale + mask)·v`. Query head `h` reads KV head `h / (hq / hkv)` (GQA); the
     /// causal mask lets query `i` see keys `j <= i` (top-left aligned, as PyTorch's `is_causal`).
     Attention { causal: bool, scale: Float },
+    /// `(q, k, v, q_scale [], k_scale [], v_scale [], o_scale [])` with `q`, `k` and `v` in one
+    /// FP8 type, each standing for `x · x_scale`: attention as [`Op::Attention`] computes it,
+    /// except that the probabilities are rounded to e4m3 as `P · p_scale` before `P·V` and divided
+    /// back after (what FP8 flash attention does), and that the result is quantized to `out` with
+    /// `o_scale` as [`Op::Quantize`] does. Output `[b, hq, sq, dv]` in `out`.
+    Fp8Attention {
+        causal: bool,
+        scale: Float,
+        p_scale: Float,
+        out: DType,
+    },
     /// `(a, b)` with NumPy broadcasting.
     Add,
     /// `(a, b)` with NumPy broadcasting.
@@ -140,6 +151,7 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Rope { .. } => "rope",
             Op::Attention { .. } => "attention",
+            Op::Fp8Attention { .. } => "fp8_attention",
             Op::Add => "add",
             Op::Mul => "mul",
             Op::Silu => "silu",

@@ -19,7 +19,7 @@ use thiserror::Error;
 use crate::codegen::{self, JobSpec, KernelSpec};
 use crate::ir::{DType, Graph, Instr, NodeId, Op, Operand, Origin, Program, RopeScaling};
 pub use layout::{BufferId, View};
-pub use plan::{AttentionStep, Buffer, BufferKind, GemmStep, KernelStep, Plan, Step};
+pub use plan::{AttentionStep, Buffer, BufferKind, Fp8Scales, GemmStep, KernelStep, Plan, Step};
 
 /// A graph lowering cannot handle.
 #[derive(Debug, Error)]
@@ -188,24 +188,23 @@ impl<'g> Lowering<'g> {
                 out
             }
             Op::Linear { .. } | Op::LinearAdd { .. } => self.gemm(id, args)?,
-            Op::Attention { causal, scale } => {
-                let [q, k, v] = [0, 1, 2].map(|i| self.unit_last_stride(&node.name, &args[i]));
-                // Written as [b, s, h, d] and seen as [b, h, s, d]: the merge-heads permute and
-                // reshape that follow become free views.
-                let d = ty.shape.dims();
-                let o = self
-                    .activation(&node.name, ty.dtype, &[d[0], d[2], d[1], d[3]])
-                    .permute(&[0, 2, 1, 3]);
-                self.steps.push(Step::Attention(AttentionStep {
-                    q,
-                    k,
-                    v,
-                    o: o.clone(),
-                    causal: *causal,
-                    scale: scale.get(),
-                    node: node.name.clone(),
-                }));
-                o
+            Op::Attention { causal, scale } => self.attention(id, &args, *causal, scale.get(), None),
+            Op::Fp8Attention {
+                causal,
+                scale,
+                p_scale,
+                ..
+            } => {
+                self.amax_slots.push(node.name.clone());
+                let fp8 = Fp8Scales {
+                    q: args[3].clone(),
+                    k: args[4].clone(),
+                    v: args[5].clone(),
+                    o: args[6].clone(),
+                    p_scale: p_scale.get(),
+                    amax_slot: self.amax_slots.len() - 1,
+                };
+                self.attention(id, &args, *causal, scale.get(), Some(fp8))
             }
             Op::Output => {
                 let src = &args[0];
@@ -249,6 +248,37 @@ impl<'g> Lowering<'g> {
             }
             op => return Err(self.unsupported(id, format!("lowering has no rule for {}", op.kind()))),
         })
+    }
+
+    /// An attention step over `args[..3]` (Q, K, V), writing a fresh output.
+    fn attention(
+        &mut self,
+        id: NodeId,
+        args: &[View],
+        causal: bool,
+        scale: f32,
+        fp8: Option<Fp8Scales>,
+    ) -> View {
+        let node = self.graph.node(id);
+        let (name, ty) = (node.name.clone(), node.ty.clone());
+        let [q, k, v] = [0, 1, 2].map(|i| self.unit_last_stride(&name, &args[i]));
+        // Written as [b, s, h, d] and seen as [b, h, s, d]: the merge-heads permute and reshape
+        // that follow become free views.
+        let d = ty.shape.dims();
+        let o = self
+            .activation(&name, ty.dtype, &[d[0], d[2], d[1], d[3]])
+            .permute(&[0, 2, 1, 3]);
+        self.steps.push(Step::Attention(AttentionStep {
+            q,
+            k,
+            v,
+            o: o.clone(),
+            causal,
+            scale,
+            fp8,
+            node: name,
+        }));
+        o
     }
 
     /// A contiguous copy of `src` in a new activation buffer.
@@ -483,6 +513,12 @@ pub fn step_views(step: &Step) -> Vec<&View> {
             v.extend(&g.residual);
             v
         }
-        Step::Attention(a) => vec![&a.q, &a.k, &a.v, &a.o],
+        Step::Attention(a) => {
+            let mut views = vec![&a.q, &a.k, &a.v, &a.o];
+            if let Some(s) = &a.fp8 {
+                views.extend([&s.q, &s.k, &s.v, &s.o]);
+            }
+            views
+        }
     }
 }

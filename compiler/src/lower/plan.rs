@@ -87,7 +87,23 @@ pub struct AttentionStep {
     pub o: View,
     pub causal: bool,
     pub scale: f32,
+    /// Scales and amax slot of FP8 attention (`None`: bf16).
+    pub fp8: Option<Fp8Scales>,
     pub node: String,
+}
+
+/// The per-tensor scales of FP8 attention ([`Op::Fp8Attention`](crate::ir::Op::Fp8Attention)):
+/// Q, K and V stand for their e4m3 values times `q`, `k`, `v`; O is quantized by dividing by
+/// `o`; probabilities are rounded as `P · p_scale`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Fp8Scales {
+    pub q: View,
+    pub k: View,
+    pub v: View,
+    pub o: View,
+    pub p_scale: f32,
+    /// Where the call records max |O| before quantizing it (for delayed scaling of `o`).
+    pub amax_slot: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -200,13 +216,20 @@ impl fmt::Display for Plan {
                     writeln!(f, "       out: {}", view(self, &g.out))?;
                 }
                 Step::Attention(a) => {
+                    let precision = if a.fp8.is_some() { "fp8" } else { "bf16" };
                     writeln!(
                         f,
-                        "{i:>4} attention causal {} scale {}  [{}]",
+                        "{i:>4} attention {precision} causal {} scale {}  [{}]",
                         a.causal, a.scale, a.node
                     )?;
                     for (name, v) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("o", &a.o)] {
                         writeln!(f, "       {name}: {}", view(self, v))?;
+                    }
+                    if let Some(s) = &a.fp8 {
+                        for (name, v) in [("q", &s.q), ("k", &s.k), ("v", &s.v), ("o", &s.o)] {
+                            writeln!(f, "       {name} scale: {}", view(self, v))?;
+                        }
+                        writeln!(f, "       p scale: {}, o amax slot {}", s.p_scale, s.amax_slot)?;
                     }
                 }
             }

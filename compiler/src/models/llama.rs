@@ -36,6 +36,24 @@ pub enum Precision {
     Bf16,
 }
 
+/// The precision of attention's two matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionPrecision {
+    /// bf16 Q, K, V and O (the attention output is quantized for the output projection apart).
+    #[default]
+    Bf16,
+    /// e4m3 Q, K, V and O with per-tensor scales: Q, K and V are quantized where RoPE writes
+    /// them and O leaves attention already quantized for the output projection, so the
+    /// attention-output quantize pass disappears. Needs FP8 linears.
+    Fp8,
+}
+
+/// How FP8 attention scales its probabilities before rounding them to e4m3: they lie in
+/// [0, 1], and 256, the largest power of two within e4m3's 448, keeps 1 exact while values down
+/// to 2⁻¹⁷ stay representable (as subnormals).
+pub const FP8_ATTENTION_P_SCALE: f32 = 256.0;
+
 /// The default per-tensor scale of a quantized activation before calibration: values up to
 /// 448/32 = 14 stay unsaturated, which covers unit-variance activations past 10σ. Calibration
 /// replaces it with the measured `amax / 448`.
@@ -65,6 +83,9 @@ pub struct LlamaConfig {
     pub norm_eps: f32,
     pub mlp: MlpKind,
     pub precision: Precision,
+    /// The precision of attention (FP8 only with FP8 linears).
+    #[serde(default)]
+    pub attention: AttentionPrecision,
     /// The dtype of activations and of every weight that is not FP8: bf16 as the benchmarks run,
     /// f32 for checks that must not see bf16 rounding.
     pub dtype: DType,
@@ -101,6 +122,7 @@ impl LlamaConfig {
             norm_eps: 1e-5,
             mlp: MlpKind::Swiglu,
             precision: Precision::Fp8,
+            attention: AttentionPrecision::Fp8,
             dtype: DType::BF16,
             batch: 2,
             seq: 2048,
@@ -134,6 +156,16 @@ impl LlamaConfig {
         }
     }
 
+    /// The same model with linears in `precision`; bf16 linears make attention bf16 too, since
+    /// FP8 attention hands the output projection an e4m3 input.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        if precision == Precision::Bf16 {
+            self.attention = AttentionPrecision::Bf16;
+        }
+        self
+    }
+
     /// Tokens per forward pass.
     pub fn tokens(&self) -> usize {
         self.batch * self.seq
@@ -143,6 +175,11 @@ impl LlamaConfig {
     /// vocabulary, `input_ids` (i32 `[batch, seq]`); output `last_hidden_state`, after the final
     /// norm when there is one.
     pub fn build(&self) -> Result<Graph, GraphError> {
+        if self.attention == AttentionPrecision::Fp8 && self.precision != Precision::Fp8 {
+            return Err(GraphError::Config(
+                "FP8 attention needs FP8 linears: its e4m3 output feeds the output projection".into(),
+            ));
+        }
         let mut b = Builder::new();
         let (bs, s, h) = (self.batch, self.seq, self.hidden);
         let mut x = match self.vocab {
@@ -192,7 +229,20 @@ impl LlamaConfig {
         let (hq, hkv) = (self.heads, self.kv_heads);
         let qkv = b.scoped("qkv_proj", |b| self.linear(b, x, (hq + 2 * hkv) * d, self.hidden))?;
         let parts = b.scoped("split_qkv", |b| b.split(qkv, 2, &[hq * d, hkv * d, hkv * d]))?;
-        let heads = |b: &mut Builder, t: Tensor, n: usize, rotate: bool| -> Result<Tensor, GraphError> {
+        // FP8 attention reads Q, K and V quantized, each with a scale of its own. The quantize
+        // comes before the heads permute, where it is elementwise with RoPE: the kernel that
+        // rotates a head writes it in e4m3, and attention reads the permute as a strided view.
+        let fp8 = self.attention == AttentionPrecision::Fp8;
+        let scales = if fp8 {
+            Some([
+                activation_scale(b, "q_scale")?,
+                activation_scale(b, "k_scale")?,
+                activation_scale(b, "v_scale")?,
+            ])
+        } else {
+            None
+        };
+        let heads = |b: &mut Builder, t: Tensor, n: usize, rotate: bool, scale: Option<Tensor>| {
             let t = b.reshape(t, [bs, s, n, d])?;
             let t = if rotate {
                 b.rope(
@@ -205,18 +255,45 @@ impl LlamaConfig {
             } else {
                 t
             };
+            let t = match scale {
+                Some(scale) => b.quantize(t, scale, DType::F8E4M3)?,
+                None => t,
+            };
             b.permute(t, [0, 2, 1, 3])
         };
-        let q = b.scoped("q", |b| heads(b, parts[0], hq, true))?;
-        let k = b.scoped("k", |b| heads(b, parts[1], hkv, true))?;
-        let v = b.scoped("v", |b| heads(b, parts[2], hkv, false))?;
+        let q = b.scoped("q", |b| heads(b, parts[0], hq, true, scales.map(|s| s[0])))?;
+        let k = b.scoped("k", |b| heads(b, parts[1], hkv, true, scales.map(|s| s[1])))?;
+        let v = b.scoped("v", |b| heads(b, parts[2], hkv, false, scales.map(|s| s[2])))?;
         let scale = 1.0 / (d as f32).sqrt();
-        let o = b.scoped("sdpa", |b| b.attention(q, k, v, true, scale))?;
-        let o = b.scoped("merge_heads", |b| {
-            let o = b.permute(o, [0, 2, 1, 3])?;
-            b.reshape(o, [bs, s, hq * d])
-        })?;
-        b.scoped("o_proj", |b| self.linear(b, o, self.hidden, hq * d))
+        let merge_heads = |b: &mut Builder, o: Tensor| -> Result<Tensor, GraphError> {
+            b.scoped("merge_heads", |b| {
+                let o = b.permute(o, [0, 2, 1, 3])?;
+                b.reshape(o, [bs, s, hq * d])
+            })
+        };
+        match scales {
+            None => {
+                let o = b.scoped("sdpa", |b| b.attention(q, k, v, true, scale))?;
+                let o = merge_heads(b, o)?;
+                b.scoped("o_proj", |b| self.linear(b, o, self.hidden, hq * d))
+            }
+            Some([qs, ks, vs]) => {
+                // O leaves attention quantized with the output projection's own input scale.
+                let o_scale = b.scoped("o_proj", |b| activation_scale(b, "input_scale"))?;
+                let o = b.scoped("sdpa", |b| {
+                    b.fp8_attention(
+                        [q, k, v],
+                        [qs, ks, vs, o_scale],
+                        true,
+                        scale,
+                        FP8_ATTENTION_P_SCALE,
+                        DType::F8E4M3,
+                    )
+                })?;
+                let o = merge_heads(b, o)?;
+                b.scoped("o_proj", |b| self.linear_fp8(b, o, o_scale, self.hidden, hq * d))
+            }
+        }
     }
 
     fn mlp(&self, b: &mut Builder, x: Tensor) -> Result<Tensor, GraphError> {
@@ -241,25 +318,36 @@ impl LlamaConfig {
     /// A projection `[.., in] → [.., out]` in the configured precision. FP8 quantizes its input
     /// with `input_scale` and carries the weight's own scale as `weight_scale`.
     fn linear(&self, b: &mut Builder, x: Tensor, out: usize, inp: usize) -> Result<Tensor, GraphError> {
-        let init = Init::normal(INIT_STD);
         match self.precision {
             Precision::Bf16 => {
-                let w = b.param("weight", self.dtype, [out, inp], init)?;
+                let w = b.param("weight", self.dtype, [out, inp], Init::normal(INIT_STD))?;
                 b.linear(x, w, self.dtype)
             }
             Precision::Fp8 => {
-                let x_scale = b.param(
-                    "input_scale",
-                    DType::F32,
-                    [],
-                    Init::constant(DEFAULT_ACTIVATION_SCALE),
-                )?;
-                let w = b.param("weight", DType::F8E4M3, [out, inp], init)?;
-                let weight = b.graph().node(w).name.clone();
-                let w_scale = b.param("weight_scale", DType::F32, [], Init::ScaleOf { weight })?;
+                let x_scale = activation_scale(b, "input_scale")?;
                 let xq = b.quantize(x, x_scale, DType::F8E4M3)?;
-                b.linear_fp8(xq, w, x_scale, w_scale, self.dtype)
+                self.linear_fp8(b, xq, x_scale, out, inp)
             }
         }
     }
+
+    /// An FP8 projection of `xq`, already quantized with `x_scale`.
+    fn linear_fp8(
+        &self,
+        b: &mut Builder,
+        xq: Tensor,
+        x_scale: Tensor,
+        out: usize,
+        inp: usize,
+    ) -> Result<Tensor, GraphError> {
+        let w = b.param("weight", DType::F8E4M3, [out, inp], Init::normal(INIT_STD))?;
+        let weight = b.graph().node(w).name.clone();
+        let w_scale = b.param("weight_scale", DType::F32, [], Init::ScaleOf { weight })?;
+        b.linear_fp8(xq, w, x_scale, w_scale, self.dtype)
+    }
+}
+
+/// The per-tensor scale of a quantized activation, calibrated on the GPU from its default.
+fn activation_scale(b: &mut Builder, name: &str) -> Result<Tensor, GraphError> {
+    b.param(name, DType::F32, [], Init::constant(DEFAULT_ACTIVATION_SCALE))
 }

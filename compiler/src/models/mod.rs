@@ -2,4 +2,4 @@
 
 pub mod llama;
 
-pub use llama::{LlamaConfig, MlpKind, NormKind, Precision, PRESETS};
+pub use llama::{AttentionPrecision, LlamaConfig, MlpKind, NormKind, Precision, PRESETS};

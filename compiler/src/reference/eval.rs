@@ -191,19 +191,38 @@ fn compute(id: NodeId, node: &Node, op: &Op, shape: &Shape, args: &[&Array]) -> 
                 *rotary_dim,
             )
         }
-        Op::Attention { causal, scale } => {
-            let scale = scale.get();
-            let (q, k, v) = (args[0].shape.dims(), args[1].shape.dims(), args[2].shape.dims());
-            let dims = AttentionDims {
-                batch: q[0],
-                q_heads: q[1],
-                kv_heads: k[1],
-                q_len: q[2],
-                kv_len: k[2],
-                head_dim: q[3],
-                v_dim: v[3],
+        Op::Attention { causal, scale } => kernels::attention(
+            &args[0].data,
+            &args[1].data,
+            &args[2].data,
+            attention_dims(args),
+            *causal,
+            scale.get(),
+            None,
+        ),
+        // Saturation and FP8 rounding of the result happen when it is rounded to the node's dtype.
+        Op::Fp8Attention {
+            causal,
+            scale,
+            p_scale,
+            ..
+        } => {
+            let real = |i: usize| {
+                let s = args[i + 3].data[0];
+                args[i].data.iter().map(|&x| x * s).collect::<Vec<f32>>()
             };
-            kernels::attention(&args[0].data, &args[1].data, &args[2].data, dims, *causal, scale)
+            let (q, k, v) = (real(0), real(1), real(2));
+            let o = kernels::attention(
+                &q,
+                &k,
+                &v,
+                attention_dims(args),
+                *causal,
+                scale.get(),
+                Some(p_scale.get()),
+            );
+            let inv = 1.0 / args[6].data[0];
+            o.into_iter().map(|x| x * inv).collect()
         }
         Op::Add => binary(args, shape, |a, b| a + b),
         Op::Mul => binary(args, shape, |a, b| a * b),
@@ -220,6 +239,19 @@ fn compute(id: NodeId, node: &Node, op: &Op, shape: &Shape, args: &[&Array]) -> 
             args[0].data.iter().map(|&x| x * scale).collect()
         }
     })
+}
+
+fn attention_dims(args: &[&Array]) -> AttentionDims {
+    let (q, k, v) = (args[0].shape.dims(), args[1].shape.dims(), args[2].shape.dims());
+    AttentionDims {
+        batch: q[0],
+        q_heads: q[1],
+        kv_heads: k[1],
+        q_len: q[2],
+        kv_len: k[2],
+        head_dim: q[3],
+        v_dim: v[3],
+    }
 }
 
 fn linear(args: &[&Array]) -> Vec<f32> {

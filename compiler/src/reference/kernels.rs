@@ -3,7 +3,8 @@
 
 use rayon::prelude::*;
 
-use crate::ir::{GeluApprox, RopeScaling, RopeStyle};
+use super::numerics::round_to;
+use crate::ir::{DType, GeluApprox, RopeScaling, RopeStyle};
 
 /// Rows of `n` features normalised by their root mean square, times `gain`.
 pub fn rms_norm(x: &[f32], gain: &[f32], eps: f32) -> Vec<f32> {
@@ -149,7 +150,19 @@ pub struct AttentionDims {
 
 /// `softmax(q·kᵀ·scale + mask)·v` on `[b, h, s, d]` arrays, one (batch, query head) pair per
 /// task. Query head `h` reads KV head `h / (q_heads / kv_heads)`; causal rows see keys `j <= i`.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], d: AttentionDims, causal: bool, scale: f32) -> Vec<f32> {
+///
+/// With `p_scale`, each unnormalised probability `exp(s − max)` is rounded to e4m3 as
+/// `exp(s − max) · p_scale` before it weighs V, as FP8 flash attention does (the row sum, and so
+/// the normalisation, stays in f32).
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: AttentionDims,
+    causal: bool,
+    scale: f32,
+    p_scale: Option<f32>,
+) -> Vec<f32> {
     let group = d.q_heads / d.kv_heads;
     let mut out = vec![0.0; d.batch * d.q_heads * d.q_len * d.v_dim];
     out.par_chunks_mut(d.q_len * d.v_dim)
@@ -173,6 +186,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], d: AttentionDims, causal: bool
                 for s in &mut scores[..visible] {
                     *s = (*s - max).exp();
                     sum += *s;
+                }
+                if let Some(ps) = p_scale {
+                    for s in &mut scores[..visible] {
+                        *s = round_to(DType::F8E4M3, *s * ps) / ps;
+                    }
                 }
                 orow.fill(0.0);
                 for (j, &p) in scores[..visible].iter().enumerate() {

@@ -48,7 +48,7 @@ pub fn local_cost(op: &Op, out: &TensorType, operands: &[&TensorType], read_byte
             };
             LAUNCH_NS + traffic(0) + flops / rate
         }
-        Op::Attention { causal, .. } => {
+        Op::Attention { causal, .. } | Op::Fp8Attention { causal, .. } => {
             let (q, k) = (&operands[0].shape, &operands[1].shape);
             let pairs = (q.dims()[0] * q.dims()[1] * q.dims()[2] * k.dims()[2]) as f64;
             let flops = 4.0 * pairs * q.last() as f64 * if *causal { 0.5 } else { 1.0 };
