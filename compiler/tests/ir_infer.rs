@@ -71,6 +71,26 @@ fn attn(causal: bool) -> Op {
     }
 }
 
+fn fp8_attn(p_scale: f32, out: DType) -> Op {
+    Op::Fp8Attention {
+        causal: true,
+        scale: fl(0.125),
+        p_scale: fl(p_scale),
+        out,
+    }
+}
+
+/// FP8 Q, K, V (GQA) and four scalar scales.
+fn fp8_attn_inputs(q: DType) -> Vec<TensorType> {
+    let mut inputs = vec![
+        t(q, &[1, 4, 5, 16]),
+        t(F8E4M3, &[1, 2, 5, 16]),
+        t(F8E4M3, &[1, 2, 5, 16]),
+    ];
+    inputs.extend(std::iter::repeat_n(t(F32, &[]), 4));
+    inputs
+}
+
 fn valid_cases() -> Vec<Case> {
     use Want::Ok;
     vec![
@@ -268,6 +288,12 @@ fn valid_cases() -> Vec<Case> {
             Ok(t(F16, &[1, 4, 5, 8])),
         ),
         case(
+            "fp8 attention gqa",
+            fp8_attn(256.0, F8E4M3),
+            fp8_attn_inputs(F8E4M3),
+            Ok(t(F8E4M3, &[1, 4, 5, 16])),
+        ),
+        case(
             "add same shape",
             Op::Add,
             vec![t(BF16, &[2, 3]), t(BF16, &[2, 3])],
@@ -410,6 +436,12 @@ fn invalid_cases() -> Vec<Case> {
             attn(false),
             vec![t(F32, &[1, 1, 2, 4]); 2],
             Arity(2),
+        ),
+        case(
+            "fp8 attention without scales",
+            fp8_attn(256.0, F8E4M3),
+            fp8_attn_inputs(F8E4M3)[..3].to_vec(),
+            Arity(3),
         ),
         case("add 1 operand", Op::Add, vec![t(F32, &[4])], Arity(1)),
         case("mul 3 operands", Op::Mul, vec![t(F32, &[4]); 3], Arity(3)),
@@ -780,6 +812,34 @@ fn invalid_cases() -> Vec<Case> {
             vec![t(F32, &[1, 2, 4, 8]); 3],
             Attr("scale must be finite"),
         ),
+        case(
+            "fp8 attention on bf16 q",
+            fp8_attn(256.0, F8E4M3),
+            fp8_attn_inputs(BF16),
+            Dt("q must be FP8, got bf16"),
+        ),
+        case(
+            "fp8 attention to bf16",
+            fp8_attn(256.0, BF16),
+            fp8_attn_inputs(F8E4M3),
+            Dt("the output must be an FP8 type, not bf16"),
+        ),
+        case(
+            "fp8 attention p_scale past e4m3",
+            fp8_attn(512.0, F8E4M3),
+            fp8_attn_inputs(F8E4M3),
+            Attr("p_scale must be in (0, 448]"),
+        ),
+        case(
+            "fp8 attention vector scale",
+            fp8_attn(256.0, F8E4M3),
+            {
+                let mut inputs = fp8_attn_inputs(F8E4M3);
+                inputs[6] = t(F32, &[2]);
+                inputs
+            },
+            Sh("o_scale must be an f32 scalar"),
+        ),
         // Elementwise.
         case(
             "add not broadcastable",
@@ -943,7 +1003,7 @@ fn check(c: &Case) {
 fn every_op_infers_its_output_type() {
     let cases = valid_cases();
     let kinds: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.op.kind()).collect();
-    assert_eq!(kinds.len(), 20, "one valid case per op at least, got {kinds:?}");
+    assert_eq!(kinds.len(), 21, "one valid case per op at least, got {kinds:?}");
     for c in &cases {
         check(c);
     }

@@ -1692,3 +1692,92 @@ fn output_node_cannot_be_an_operand() {
         "node 2 (silu ''): operand 0 is output node 1: read the value it outputs instead"
     );
 }
+
+#[test]
+fn fp8_attention_rounds_probabilities_and_quantizes_its_output() {
+    let c = AttnCase {
+        b: 1,
+        hq: 4,
+        hkv: 2,
+        sq: 7,
+        skv: 7,
+        d: 16,
+        dv: 16,
+        causal: true,
+    };
+    let (qd, kd) = ([c.b, c.hq, c.sq, c.d], [c.b, c.hkv, c.skv, c.d]);
+    let (q_scale, k_scale, v_scale, o_scale, p_scale) =
+        (1.0 / 64.0, 1.0 / 32.0, 1.0 / 128.0, 1.0 / 256.0, 256.0);
+    let mut b = Builder::new();
+    let mut quantized = Vec::new();
+    for (name, dims, s) in [("q", qd, q_scale), ("k", kd, k_scale), ("v", kd, v_scale)] {
+        let x = b.input(name, F32, dims).unwrap();
+        let s = b
+            .param(&format!("{name}_scale"), F32, [], Init::constant(s))
+            .unwrap();
+        quantized.push((b.quantize(x, s, F8E4M3).unwrap(), s));
+    }
+    let os = b.param("o_scale", F32, [], Init::constant(o_scale)).unwrap();
+    let [(q, qs), (k, ks), (v, vs)] = quantized[..] else {
+        unreachable!()
+    };
+    let y = b
+        .fp8_attention([q, k, v], [qs, ks, vs, os], true, 0.25, p_scale, F8E4M3)
+        .unwrap();
+    b.output("y", y).unwrap();
+    let (dq, dk, dv) = (
+        randn(90, "q", &qd, 1.5),
+        randn(90, "k", &kd, 1.5),
+        randn(90, "v", &kd, 1.0),
+    );
+    let mut bindings = bind(vec![
+        ("q", arr(&qd, dq.clone())),
+        ("k", arr(&kd, dk.clone())),
+        ("v", arr(&kd, dv.clone())),
+    ]);
+    for (name, s) in [
+        ("q_scale", q_scale),
+        ("k_scale", k_scale),
+        ("v_scale", v_scale),
+        ("o_scale", o_scale),
+    ] {
+        bindings.insert(name.to_string(), arr(&[], vec![s]));
+    }
+    let out = run(b, &bindings, "y");
+
+    // Explicitly: the e4m3 values times their scales; exp(s − max) rounded to e4m3 as
+    // `· p_scale`; the row sum unrounded; O divided by its scale and rounded to e4m3.
+    let e4m3 = |x: f64| round_to(F8E4M3, x as f32) as f64;
+    let real = |x: &[f32], s: f32| {
+        x.iter()
+            .map(|&x| e4m3((x / s) as f64) * s as f64)
+            .collect::<Vec<_>>()
+    };
+    let (rq, rk, rv) = (real(&dq, q_scale), real(&dk, k_scale), real(&dv, v_scale));
+    let mut want = Vec::new();
+    for h in 0..c.hq {
+        let kvh = h / (c.hq / c.hkv);
+        for i in 0..c.sq {
+            let row = |t: &[f64], head: usize, j: usize| t[(head * c.sq + j) * c.d..][..c.d].to_vec();
+            let qi = row(&rq, h, i);
+            let scores: Vec<f64> = (0..=i)
+                .map(|j| qi.iter().zip(row(&rk, kvh, j)).map(|(a, b)| a * b).sum::<f64>() * 0.25)
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for x in 0..c.dv {
+                let o: f64 = (0..=i)
+                    .map(|j| e4m3(e[j] * p_scale as f64) / p_scale as f64 * row(&rv, kvh, j)[x])
+                    .sum();
+                want.push(e4m3(o / sum / o_scale as f64) as f32);
+            }
+        }
+    }
+    assert!(
+        out.data.iter().all(|&x| round_to(F8E4M3, x) == x),
+        "the output is e4m3"
+    );
+    // f32 against f64 sums may move a value across an e4m3 rounding boundary, rarely.
+    assert_rel_l2(&out.data, &want, 1e-2, "fp8 attention");
+}
