@@ -1,7 +1,8 @@
 //! Attention benchmark: lancet's cuDNN fused attention at Llama-3.2-1B shapes (batch 2,
-//! sequence 2048, 32 query heads), timed with CUDA events, and what its plans cost: the first
-//! build (kernel compilation), a restore from the on-disk store in a fresh process, and a lookup
-//! in the process's cache.
+//! sequence 2048, 32 query heads), bf16 and FP8, timed with CUDA events, and what its plans
+//! cost: the first build (kernel compilation), a restore from the on-disk store in a fresh
+//! process, and a lookup in the process's cache. An FP8 plan that the loaded cuDNN cannot build
+//! or computes wrongly (lancet checks each new FP8 plan) gets the reason instead of a time.
 //!
 //! ```text
 //! attention [--json PATH] [--samples N] [--calls N] [--warmup N]
@@ -25,6 +26,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use half::bf16;
+use lancet_runtime::attention::{e4m3_from_f32, AttentionPrecision, Fp8Scalars, Fp8Scales};
 use lancet_runtime::attention::{AttentionLayout, AttentionPlans, AttentionPointers, AttentionShape};
 use lancet_runtime::attention::{AttentionSpec, PlanSource};
 use lancet_runtime::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -49,10 +51,11 @@ fn main() {
     }
 }
 
-/// The timed shapes: the headline GQA shape, the same with 32 KV heads, head dim 128, and
-/// non-causal. All take Q, K, V from one packed QKV buffer and write O as `[B, S, H·D]`.
+/// The timed shapes: the headline GQA shape, the same with 32 KV heads, head dim 128,
+/// non-causal, and the headline shape in FP8. All take Q, K, V from one packed QKV buffer and
+/// write O as `[B, S, H·D]`.
 fn cases() -> Vec<(&'static str, AttentionSpec)> {
-    let spec = |kv_heads, head_dim, causal| {
+    let spec = |kv_heads, head_dim, causal, precision| {
         let shape = AttentionShape {
             batch: 2,
             q_heads: 32,
@@ -64,22 +67,41 @@ fn cases() -> Vec<(&'static str, AttentionSpec)> {
             shape,
             layout: AttentionLayout::packed_qkv(&shape),
             causal,
+            precision,
         }
     };
+    let (bf16, fp8) = (AttentionPrecision::Bf16, AttentionPrecision::Fp8);
     vec![
-        ("gqa32x8_d64_causal", spec(8, 64, true)),
-        ("mha32x32_d64_causal", spec(32, 64, true)),
-        ("gqa32x8_d128_causal", spec(8, 128, true)),
-        ("gqa32x8_d64_full", spec(8, 64, false)),
+        ("gqa32x8_d64_causal", spec(8, 64, true, bf16)),
+        ("mha32x32_d64_causal", spec(32, 64, true, bf16)),
+        ("gqa32x8_d128_causal", spec(8, 128, true, bf16)),
+        ("gqa32x8_d64_full", spec(8, 64, false, bf16)),
+        ("gqa32x8_d64_causal_fp8", spec(8, 64, true, fp8)),
     ]
 }
+
+/// The FP8 row's quantization: N(0, 1) inputs stored as e4m3(16·x); P and O scaled as lancet's
+/// plan check does.
+const FP8_SCALES: Fp8Scales = Fp8Scales {
+    descale_q: 1.0 / 16.0,
+    descale_k: 1.0 / 16.0,
+    descale_v: 1.0 / 16.0,
+    descale_s: 1.0 / 128.0,
+    scale_s: 128.0,
+    scale_o: 32.0,
+};
 
 fn run(options: &Options) -> Result<()> {
     let Some(device) = common_device::open_or_skip("attention bench")? else {
         return Ok(());
     };
-    let cudnn = Library::get()?.version();
-    println!("device: {}; cuDNN {cudnn}", device.info());
+    let library = Library::get()?;
+    let cudnn = library.version();
+    let from = library
+        .path()
+        .map(|p| format!(" from {} ({})", p.display(), Library::ENV_VAR))
+        .unwrap_or_default();
+    println!("device: {}; cuDNN {cudnn}{from}", device.info());
 
     // The timed plans use lancet's plan store, as the compiler would (`LANCET_CACHE_DIR`).
     let plans = AttentionPlans::new(&device, PlanStore::from_env())?;
@@ -140,6 +162,10 @@ fn run(options: &Options) -> Result<()> {
         "case", "median ms", "min ms", "max ms", "TFLOP/s", "plan"
     );
     for row in &rows {
+        if let Some(reason) = row["refused"].as_str() {
+            println!("{:<28} refused: {reason}", row["case"].as_str().unwrap_or(""));
+            continue;
+        }
         println!(
             "{:<28} {:>9.4} {:>9.4} {:>9.4} {:>8.1}  {:<10} {}",
             row["case"].as_str().unwrap_or(""),
@@ -260,6 +286,59 @@ fn plan_probe(dir: &Path, started: Instant) -> Result<()> {
     Ok(())
 }
 
+/// A timed case's packed QKV buffer and O, in the spec's element type; FP8 adds its scalars.
+enum Buffers {
+    Bf16(CudaSlice<bf16>, CudaSlice<bf16>),
+    Fp8(CudaSlice<u8>, CudaSlice<u8>, Fp8Scalars),
+}
+
+impl Buffers {
+    fn new(stream: &Arc<CudaStream>, name: &str, spec: &AttentionSpec) -> Result<Self> {
+        let shape = &spec.shape;
+        let n_qkv = shape.batch * shape.seq_len * shape.packed_width();
+        let n_o = shape.batch * shape.seq_len * shape.q_heads * shape.head_dim;
+        let values = lancet_runtime::compiler::weights::normal(7, name, n_qkv, 1.0);
+        Ok(match spec.precision {
+            AttentionPrecision::Bf16 => {
+                let host: Vec<bf16> = values.into_iter().map(bf16::from_f32).collect();
+                Buffers::Bf16(stream.clone_htod(&host)?, stream.alloc_zeros(n_o)?)
+            }
+            AttentionPrecision::Fp8 => {
+                let host: Vec<u8> = values
+                    .into_iter()
+                    .map(|x| e4m3_from_f32(x / FP8_SCALES.descale_q))
+                    .collect();
+                Buffers::Fp8(
+                    stream.clone_htod(&host)?,
+                    stream.alloc_zeros(n_o)?,
+                    Fp8Scalars::new(stream, &FP8_SCALES)?,
+                )
+            }
+        })
+    }
+
+    /// Q, K, V at their offsets in the packed buffer, O, and the FP8 scalars.
+    fn pointers(&mut self, stream: &CudaStream, spec: &AttentionSpec) -> AttentionPointers {
+        let (base, o, fp8) = match self {
+            Buffers::Bf16(qkv, o) => (qkv.device_ptr(stream).0, o.device_ptr_mut(stream).0, None),
+            Buffers::Fp8(qkv, o, scalars) => (
+                qkv.device_ptr(stream).0,
+                o.device_ptr_mut(stream).0,
+                Some(scalars.pointers(stream).0),
+            ),
+        };
+        let (k_off, v_off) = spec.shape.packed_offsets();
+        let bytes = spec.precision.element_bytes() as u64;
+        AttentionPointers {
+            q: base,
+            k: base + k_off as u64 * bytes,
+            v: base + v_off as u64 * bytes,
+            o,
+            fp8,
+        }
+    }
+}
+
 fn time_case(
     plans: &AttentionPlans,
     name: &str,
@@ -267,29 +346,21 @@ fn time_case(
     options: &Options,
     graph: bool,
 ) -> Result<Value> {
-    let lookup = plans.get(spec)?;
+    let lookup = match plans.get(spec) {
+        Ok(lookup) => lookup,
+        // FP8 depends on the loaded cuDNN (9.14 computes it wrongly): report, don't stop.
+        Err(e) if spec.precision == AttentionPrecision::Fp8 => {
+            return Ok(json!({ "case": name, "precision": "fp8", "refused": e.to_string() }));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let handle = plans.handle();
     let stream = handle.stream();
     let shape = &spec.shape;
-    let n_qkv = shape.batch * shape.seq_len * shape.packed_width();
-    let host: Vec<bf16> = lancet_runtime::compiler::weights::normal(7, name, n_qkv, 1.0)
-        .into_iter()
-        .map(bf16::from_f32)
-        .collect();
-    let qkv: CudaSlice<bf16> = stream.clone_htod(&host)?;
-    let mut o: CudaSlice<bf16> =
-        stream.alloc_zeros(shape.batch * shape.seq_len * shape.q_heads * shape.head_dim)?;
-    let (k_off, v_off) = shape.packed_offsets();
-    let base = qkv.device_ptr(stream).0;
-    let bytes = std::mem::size_of::<bf16>() as u64;
-    let pointers = AttentionPointers {
-        q: base,
-        k: base + k_off as u64 * bytes,
-        v: base + v_off as u64 * bytes,
-        o: o.device_ptr_mut(stream).0,
-    };
+    let mut buffers = Buffers::new(stream, name, spec)?;
+    let pointers = buffers.pointers(stream, spec);
     let scale = 1.0 / (shape.head_dim as f32).sqrt();
-    // SAFETY: `qkv` and `o` span every view (packed layout) and outlive `call`.
+    // SAFETY: the buffers span every view (packed layout) and outlive `call`.
     let call = unsafe { lookup.plan.bind(handle, pointers, scale)? };
 
     let samples = if graph {
@@ -318,6 +389,7 @@ fn time_case(
         "case": if graph { format!("{name} (graph)") } else { name.to_owned() },
         "batch": shape.batch, "q_heads": shape.q_heads, "kv_heads": shape.kv_heads,
         "seq_len": shape.seq_len, "head_dim": shape.head_dim, "causal": spec.causal,
+        "precision": spec.precision.name(), "fp8_check_rel_l2": lookup.fp8_check,
         "median_ms": median_ms,
         "min_ms": samples.iter().copied().fold(f64::INFINITY, f64::min),
         "max_ms": samples.iter().copied().fold(0.0, f64::max),

@@ -1,26 +1,37 @@
 //! Fused attention on the GPU against the CPU reference interpreter, plus plan caching (memory
-//! and disk), variant-pack reuse, CUDA-graph capture, and the errors users see.
+//! and disk), variant-pack reuse, CUDA-graph capture, and the errors users see; and FP8
+//! attention against an f64 reference computed from the same e4m3 inputs.
 
 use std::cell::OnceCell;
 use std::path::Path;
 use std::sync::Arc;
 
 use half::bf16;
+use lancet_runtime::attention::{e4m3_from_f32, e4m3_to_f32, Fp8Scalars, Fp8Scales};
 use lancet_runtime::attention::{AttentionLayout, AttentionPlan, AttentionPlans, AttentionPointers};
-use lancet_runtime::attention::{AttentionShape, AttentionSpec, PlanSource};
+use lancet_runtime::attention::{AttentionPrecision, AttentionShape, AttentionSpec, PlanSource};
 use lancet_runtime::compiler::reference::kernels::{attention, AttentionDims};
 use lancet_runtime::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use lancet_runtime::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use lancet_runtime::cudnn::{
-    DataType, ExecutionPlan, GraphSpec, Handle, OpSpec, PlanKey, PlanStore, Storage,
+    CudnnError, DataType, ExecutionPlan, GraphSpec, Handle, Library, OpSpec, PlanKey, PlanStore, Storage,
 };
 use lancet_runtime::cudnn::{StoredPlan, TensorSpec};
 use libtest_mimic::{Failed, Trial};
 
-use crate::support::{device, fail, gpu_trial, random_bf16, to_bf16, to_f32, within};
+use crate::support::{device, fail, gpu_trial, random_bf16, seed, to_bf16, to_f32, within};
 
 /// The accuracy bar: bf16 inputs and a bf16 softmax inside cuDNN land near 2e-3.
 const TOLERANCE: f64 = 1e-2;
+
+/// The FP8 bars against the f64 reference from the same e4m3 inputs, which models where the
+/// kernel rounds P (NVIDIA's own reference: 128-key blocks, a lazily raised row maximum). P and O
+/// keep 3 mantissa bits, so every P the model rounds differently from the kernel moves by up to
+/// an e4m3 step (6 %). Measured with cuDNN 9.19 on the H100 (2026-11-25): 2.5e-2 causal at
+/// sequence 2048, 4.0e-2 without the mask at 512, where every row sums over all keys and so
+/// over more differently rounded P. (cuDNN 9.14's wrong D-64 results are 0.3–5 away.)
+const FP8_TOLERANCE_CAUSAL: f64 = 3e-2;
+const FP8_TOLERANCE_FULL: f64 = 6e-2;
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -32,6 +43,7 @@ struct Case {
     causal: bool,
     /// Q, K, V as views of one packed QKV buffer and O in `[B, S, H, D]`; else all dense BHSD.
     packed: bool,
+    precision: AttentionPrecision,
 }
 
 impl Case {
@@ -56,20 +68,33 @@ impl Case {
             shape,
             layout,
             causal: self.causal,
+            precision: self.precision,
         }
     }
 
     fn name(&self) -> String {
         format!(
-            "b{}_h{}x{}_s{}_d{}_{}_{}",
+            "b{}_h{}x{}_s{}_d{}_{}_{}{}",
             self.batch,
             self.q_heads,
             self.kv_heads,
             self.seq_len,
             self.head_dim,
             if self.causal { "causal" } else { "full" },
-            if self.packed { "packed" } else { "contiguous" }
+            if self.packed { "packed" } else { "contiguous" },
+            match self.precision {
+                AttentionPrecision::Bf16 => "",
+                AttentionPrecision::Fp8 => "_fp8",
+            }
         )
+    }
+
+    fn q_len(&self) -> usize {
+        self.batch * self.q_heads * self.seq_len * self.head_dim
+    }
+
+    fn kv_len(&self) -> usize {
+        self.batch * self.kv_heads * self.seq_len * self.head_dim
     }
 
     fn scale(&self) -> f32 {
@@ -86,7 +111,24 @@ const HEADLINE: Case = Case {
     head_dim: 64,
     causal: true,
     packed: true,
+    precision: AttentionPrecision::Bf16,
 };
+
+/// FP8: the headline shape (Q, K, V views of a packed e4m3 QKV buffer, O `[B, S, Hq·D]`), and
+/// dense BHSD tensors at sequence 512 without the mask (the other FP8 graph).
+const FP8_CASES: [Case; 2] = [
+    Case {
+        precision: AttentionPrecision::Fp8,
+        ..HEADLINE
+    },
+    Case {
+        seq_len: 512,
+        causal: false,
+        packed: false,
+        precision: AttentionPrecision::Fp8,
+        ..HEADLINE
+    },
+];
 
 /// Every sequence length with both head dims, causal and not; head counts (GQA 32/8 and 32/4,
 /// MHA 8/8) and layouts rotate so each meets every length. At 2048 the batch and head count
@@ -130,6 +172,7 @@ fn cases() -> Vec<Case> {
                 head_dim,
                 causal,
                 packed: (i + j) % 2 == 0,
+                precision: AttentionPrecision::Bf16,
             });
         }
     }
@@ -145,6 +188,11 @@ pub fn trials() -> Vec<Trial> {
             })
         })
         .collect();
+    trials.extend(FP8_CASES.map(|case| {
+        gpu_trial(format!("attention::fp8::{}", case.name()), move || {
+            fp8_correct(case)
+        })
+    }));
     trials.extend([
         gpu_trial("attention::plan_is_cached_in_memory", cached_in_memory),
         gpu_trial("attention::bound_call_reuses_its_variant_pack", bound_call_reuse),
@@ -186,14 +234,11 @@ struct Inputs {
 
 impl Inputs {
     fn random(case: &Case, tag: &str) -> Self {
-        let s = case.shape();
-        let q_len = s.batch * s.q_heads * s.seq_len * s.head_dim;
-        let kv_len = s.batch * s.kv_heads * s.seq_len * s.head_dim;
         let name = format!("{}/{tag}", case.name());
         Inputs {
-            q: random_bf16(&format!("{name}/q"), q_len),
-            k: random_bf16(&format!("{name}/k"), kv_len),
-            v: random_bf16(&format!("{name}/v"), kv_len),
+            q: random_bf16(&format!("{name}/q"), case.q_len()),
+            k: random_bf16(&format!("{name}/k"), case.kv_len()),
+            v: random_bf16(&format!("{name}/v"), case.kv_len()),
         }
     }
 
@@ -207,7 +252,7 @@ impl Inputs {
             head_dim: case.head_dim,
             v_dim: case.head_dim,
         };
-        attention(&self.q, &self.k, &self.v, dims, case.causal, case.scale())
+        attention(&self.q, &self.k, &self.v, dims, case.causal, case.scale(), None)
     }
 
     /// The host images of the device buffers: one packed QKV buffer, or Q, K, V apart.
@@ -222,11 +267,11 @@ impl Inputs {
 
 /// `[B, S, (Hq + 2·Hkv)·D]`: each token's Q heads, then its K heads, then its V heads — the
 /// QKV projection's output, written out index by index (independently of the runtime's strides).
-fn pack_qkv(case: &Case, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+fn pack_qkv<T: Copy + Default>(case: &Case, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
     let (b, s, d) = (case.batch, case.seq_len, case.head_dim);
     let (hq, hkv) = (case.q_heads, case.kv_heads);
     let width = (hq + 2 * hkv) * d;
-    let mut packed = vec![0.0; b * s * width];
+    let mut packed = vec![T::default(); b * s * width];
     for bi in 0..b {
         for si in 0..s {
             let row = &mut packed[(bi * s + si) * width..][..width];
@@ -243,9 +288,9 @@ fn pack_qkv(case: &Case, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
 }
 
 /// `[B, S, H, D]` → `[B, H, S, D]`.
-fn bshd_to_bhsd(case: &Case, x: &[f32]) -> Vec<f32> {
+fn bshd_to_bhsd<T: Copy + Default>(case: &Case, x: &[T]) -> Vec<T> {
     let (b, s, h, d) = (case.batch, case.seq_len, case.q_heads, case.head_dim);
-    let mut out = vec![0.0; x.len()];
+    let mut out = vec![T::default(); x.len()];
     for bi in 0..b {
         for si in 0..s {
             for hi in 0..h {
@@ -318,7 +363,13 @@ impl Buffers {
             _ => unreachable!("one packed buffer or three"),
         };
         let o = self.o.device_ptr_mut(stream).0;
-        AttentionPointers { q, k, v, o }
+        AttentionPointers {
+            q,
+            k,
+            v,
+            o,
+            fp8: None,
+        }
     }
 
     /// The output as dense `[B, H, S, D]` f32.
@@ -464,7 +515,19 @@ fn bad_buffers() -> Result<(), Failed> {
     expect(
         plan.execute(plans.handle(), &q.slice(1..), &kv, &kv, &mut o, case.scale()),
         "buffer `Q` address",
-    )
+    )?;
+    // FP8 scale factors for a bf16 plan.
+    let mut scalars = Fp8Scalars::new(stream, &FP8_SCALES).map_err(fail)?;
+    let pointers = AttentionPointers {
+        q: q.device_ptr(stream).0,
+        k: kv.device_ptr(stream).0,
+        v: kv.device_ptr(stream).0,
+        o: o.device_ptr_mut(stream).0,
+        fp8: Some(scalars.pointers(stream).0),
+    };
+    // SAFETY: refused before anything is bound (and the buffers span their views anyway).
+    let bound = unsafe { plan.bind(plans.handle(), pointers, case.scale()) };
+    expect(bound.map(drop), "the plan is for bf16 attention")
 }
 
 /// A graph cuDNN must refuse (a matmul whose inner dimensions disagree): the error has to say
@@ -597,5 +660,310 @@ fn disk_cache_in(case: &Case, dir: &Path) -> Result<(), Failed> {
     lookup(PlanSource::Built, Some("cuDNN refused to restore it"))?;
     // The rebuild rewrote the entry.
     lookup(PlanSource::Disk, None)?;
+    Ok(())
+}
+
+/// The FP8 tests' quantization: distinct input scales, so that a descale applied to the wrong
+/// tensor shows. Inputs are N(0, 1) values stored as e4m3(x / descale).
+const FP8_SCALES: Fp8Scales = Fp8Scales {
+    descale_q: 1.0 / 16.0,
+    descale_k: 1.0 / 8.0,
+    descale_v: 1.0 / 32.0,
+    descale_s: 1.0 / 128.0,
+    scale_s: 128.0,
+    scale_o: 16.0,
+};
+
+/// e4m3 NaN, poison for outputs.
+const E4M3_NAN: u8 = 0x7f;
+
+/// Q, K, V as dense `[B, H, S, D]` e4m3 bytes.
+struct Fp8Inputs {
+    q: Vec<u8>,
+    k: Vec<u8>,
+    v: Vec<u8>,
+}
+
+impl Fp8Inputs {
+    fn random(case: &Case) -> Self {
+        let quantized = |tensor: &str, n: usize, descale: f32| -> Vec<u8> {
+            let name = format!("{}/{tensor}", case.name());
+            lancet_runtime::compiler::weights::normal(seed(), &name, n, 1.0)
+                .into_iter()
+                .map(|x| e4m3_from_f32(x / descale))
+                .collect()
+        };
+        let s = FP8_SCALES;
+        Fp8Inputs {
+            q: quantized("q", case.q_len(), s.descale_q),
+            k: quantized("k", case.kv_len(), s.descale_k),
+            v: quantized("v", case.kv_len(), s.descale_v),
+        }
+    }
+
+    fn host_buffers(&self, case: &Case) -> Vec<Vec<u8>> {
+        if case.packed {
+            vec![pack_qkv(case, &self.q, &self.k, &self.v)]
+        } else {
+            vec![self.q.clone(), self.k.clone(), self.v.clone()]
+        }
+    }
+}
+
+/// What the f64 reference computes from the dequantized inputs.
+struct Fp8Reference {
+    /// O as cuDNN stores it: e4m3(scale_o · X), dense `[B, H, S, D]`.
+    o: Vec<f32>,
+    /// max |X|: what amax_o should be.
+    amax_o: f64,
+    /// The largest softmax probability: what amax_s should be, if cuDNN measures the
+    /// normalized P.
+    amax_s: f64,
+}
+
+/// Keys per block, and the lazy-rescaling threshold (natural-log units), of the fused kernel as
+/// NVIDIA's frontend models it in its own FP8 attention tests (`test/python/sdpa/fp8_ref.py`).
+const FP8_BLOCK: usize = 128;
+const FP8_RESCALE_THRESHOLD: f64 = 4.0;
+
+/// Attention over the dequantized inputs in f64, rounding P where the fused kernel does: per
+/// block of keys, the unnormalized `exp(s − m)` against a running maximum `m` (raised only when
+/// a block's maximum exceeds it by more than the threshold, so values reach `e^4`), times
+/// `scale_s / 2^4`; normalized at the end, then O = e4m3(scale_o · X). One thread per block of
+/// (batch, head) pairs.
+fn fp8_reference(case: &Case, inputs: &Fp8Inputs) -> Fp8Reference {
+    let s = FP8_SCALES;
+    let dequantize = |bytes: &[u8], descale: f32| -> Vec<f64> {
+        bytes
+            .iter()
+            .map(|&b| e4m3_to_f32(b) as f64 * descale as f64)
+            .collect()
+    };
+    let (q, k, v) = (
+        dequantize(&inputs.q, s.descale_q),
+        dequantize(&inputs.k, s.descale_k),
+        dequantize(&inputs.v, s.descale_v),
+    );
+    let (seq, d) = (case.seq_len, case.head_dim);
+    let (group, scale) = (case.q_heads / case.kv_heads, case.scale() as f64);
+    let headroom = FP8_RESCALE_THRESHOLD.exp2();
+    let (scale_p, descale_p) = (s.scale_s as f64 / headroom, s.descale_s as f64 * headroom);
+    let pairs = case.batch * case.q_heads;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = pairs.div_ceil(threads);
+    let mut o = vec![0f32; pairs * seq * d];
+    let (q, k, v) = (&q, &k, &v);
+    let maxima = std::thread::scope(|scope| {
+        let workers: Vec<_> = o
+            .chunks_mut(per_thread * seq * d)
+            .enumerate()
+            .map(|(t, chunk)| {
+                scope.spawn(move || {
+                    let (mut amax_o, mut amax_s) = (0f64, 0f64);
+                    let mut x = vec![0f64; d];
+                    for (n, head_out) in chunk.chunks_mut(seq * d).enumerate() {
+                        let bh = t * per_thread + n;
+                        let kv = (bh / case.q_heads) * case.kv_heads + bh % case.q_heads / group;
+                        let (kh, vh) = (&k[kv * seq * d..][..seq * d], &v[kv * seq * d..][..seq * d]);
+                        for (i, row) in head_out.chunks_mut(d).enumerate() {
+                            let qi = &q[(bh * seq + i) * d..][..d];
+                            let keys = if case.causal { i + 1 } else { seq };
+                            let logits: Vec<f64> = kh
+                                .chunks(d)
+                                .take(keys)
+                                .map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale)
+                                .collect();
+                            let top = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                            let z: f64 = logits.iter().map(|l| (l - top).exp()).sum();
+                            amax_s = amax_s.max(1.0 / z);
+                            let (mut max, mut sum) = (f64::NEG_INFINITY, 0f64);
+                            x.fill(0.0);
+                            for (block, values) in logits.chunks(FP8_BLOCK).zip(vh.chunks(FP8_BLOCK * d)) {
+                                let block_max = block.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                                if max == f64::NEG_INFINITY || block_max > max + FP8_RESCALE_THRESHOLD {
+                                    let correction = (max - block_max).exp();
+                                    x.iter_mut().for_each(|x| *x *= correction);
+                                    sum *= correction;
+                                    max = block_max;
+                                }
+                                for (l, vj) in block.iter().zip(values.chunks(d)) {
+                                    let p = (l - max).exp();
+                                    sum += p;
+                                    let p8 =
+                                        e4m3_to_f32(e4m3_from_f32((p * scale_p) as f32)) as f64 * descale_p;
+                                    x.iter_mut().zip(vj).for_each(|(x, v)| *x += p8 * v);
+                                }
+                            }
+                            for (out, x) in row.iter_mut().zip(&x) {
+                                let x = x / sum;
+                                amax_o = amax_o.max(x.abs());
+                                *out = e4m3_to_f32(e4m3_from_f32((x * s.scale_o as f64) as f32));
+                            }
+                        }
+                    }
+                    (amax_o, amax_s)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a reference thread panicked"))
+            .fold((0f64, 0f64), |(o, s), (wo, ws)| (o.max(wo), s.max(ws)))
+    });
+    Fp8Reference {
+        o,
+        amax_o: maxima.0,
+        amax_s: maxima.1,
+    }
+}
+
+/// FP8 attention accepts exactly two outcomes: the plan's own check refuses the loaded cuDNN
+/// (9.14 computes head_dim 64 wrongly) with an error that says so, or the plan runs and matches
+/// the reference. Uses its own plan store, to see that a refused plan is not stored.
+fn fp8_correct(case: Case) -> Result<(), Failed> {
+    let dir = std::env::temp_dir().join(format!("lancet-gpu-fp8-{}-{}", case.name(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = fp8_correct_in(case, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn fp8_correct_in(case: Case, dir: &Path) -> Result<(), Failed> {
+    let plans = AttentionPlans::new(device()?, Some(PlanStore::new(dir))).map_err(fail)?;
+    let stored = || {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "plan"))
+                .count()
+        })
+    };
+    let lookup = match plans.get(&case.spec()) {
+        Ok(lookup) => lookup,
+        Err(lancet_runtime::Error::Cudnn(e @ CudnnError::WrongResults { rel_l2, .. })) => {
+            return fp8_refused(&case, &plans, &e.to_string(), rel_l2, stored());
+        }
+        Err(e) => return Err(fail(e)),
+    };
+    match (lookup.source, lookup.fp8_check, stored()) {
+        (PlanSource::Built, Some(err), 1) if err <= 0.08 => {}
+        other => {
+            return Err(fail(format!(
+                "expected a built, checked (rel L2 <= 0.08) and stored plan; got (source, check, \
+                 stored files) = {other:?}"
+            )))
+        }
+    }
+
+    let stream = plans.handle().stream();
+    let inputs = Fp8Inputs::random(&case);
+    let buffers = inputs
+        .host_buffers(&case)
+        .iter()
+        .map(|host| stream.clone_htod(host))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    let mut o = stream.clone_htod(&vec![E4M3_NAN; case.q_len()]).map_err(fail)?;
+    let mut scalars = Fp8Scalars::new(stream, &FP8_SCALES).map_err(fail)?;
+    let (k_off, v_off) = case.shape().packed_offsets();
+    let (plan, handle, scale) = (&lookup.plan, plans.handle(), case.scale());
+    let run = match &buffers[..] {
+        [qkv] => plan.execute_fp8(
+            handle,
+            &qkv.slice(..),
+            &qkv.slice(k_off..),
+            &qkv.slice(v_off..),
+            &mut o,
+            &mut scalars,
+            scale,
+        ),
+        [q, k, v] => plan.execute_fp8(handle, q, k, v, &mut o, &mut scalars, scale),
+        _ => unreachable!("one packed buffer or three"),
+    };
+    run.map_err(fail)?;
+    let (amax_s, amax_o) = scalars.amaxes(stream).map_err(fail)?;
+    let o = stream.clone_dtoh(&o).map_err(fail)?;
+    let o: Vec<f32> = o.into_iter().map(e4m3_to_f32).collect();
+    let got = if case.packed { bshd_to_bhsd(&case, &o) } else { o };
+
+    let reference = fp8_reference(&case, &inputs);
+    let tolerance = if case.causal {
+        FP8_TOLERANCE_CAUSAL
+    } else {
+        FP8_TOLERANCE_FULL
+    };
+    let err = within(&case.name(), &got, &reference.o, tolerance)?;
+    // O is e4m3(scale_o · X) and rounding is monotonic, so its largest magnitude is amax_o's
+    // rounding: within half an e4m3 step (1/16 relative).
+    let largest = got.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    let expected = amax_o as f64 * FP8_SCALES.scale_o as f64;
+    if !(amax_o.is_finite() && (largest - expected).abs() <= expected / 16.0 + 1e-6) {
+        return Err(fail(format!(
+            "amax_o {amax_o} (scaled {expected}) does not match O's largest value {largest}"
+        )));
+    }
+    if !(amax_s > 0.0 && amax_s <= 1.0 + 1e-6) {
+        return Err(fail(format!(
+            "amax_s {amax_s} is not in (0, 1] (the largest probability is {:.4}; a value above 1 \
+             would mean cuDNN measures its unnormalized probabilities)",
+            reference.amax_s
+        )));
+    }
+    eprintln!(
+        "check fp8 attention {}: rel_l2 {err:.2e} (plan check {:.2e}); amax_o {amax_o:.4} \
+         (reference {:.4}), amax_s {amax_s:.4} (reference max P {:.4}); cuDNN {}; {}; plan in \
+         {:.0} ms",
+        case.name(),
+        lookup.fp8_check.unwrap_or(f64::NAN),
+        reference.amax_o,
+        reference.amax_s,
+        plans.handle().library().version(),
+        lookup.plan.engine(),
+        lookup.elapsed.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// The refusal outcome: the message must name the version, the error and the remedy, and the
+/// plan must be neither stored on disk nor kept in memory (a second lookup is refused again).
+fn fp8_refused(
+    case: &Case,
+    plans: &AttentionPlans,
+    message: &str,
+    rel_l2: f64,
+    stored: usize,
+) -> Result<(), Failed> {
+    let version = plans.handle().library().version();
+    let needles = [
+        format!("cuDNN {version}"),
+        "FP8 attention needs a cuDNN that computes it correctly".to_owned(),
+        Library::ENV_VAR.to_owned(),
+    ];
+    if let Some(missing) = needles.iter().find(|n| !message.contains(n.as_str())) {
+        return Err(fail(format!(
+            "the refusal does not mention {missing:?}: {message}"
+        )));
+    }
+    if rel_l2 <= 0.08 || stored != 0 {
+        return Err(fail(format!(
+            "refused with rel L2 {rel_l2} and {stored} plan files stored: {message}"
+        )));
+    }
+    match plans.get(&case.spec()) {
+        Err(lancet_runtime::Error::Cudnn(CudnnError::WrongResults { .. })) => {}
+        Err(e) => return Err(fail(format!("second lookup failed differently: {e}"))),
+        Ok(found) => {
+            return Err(fail(format!(
+                "second lookup found the refused plan ({:?})",
+                found.source
+            )))
+        }
+    }
+    eprintln!(
+        "check fp8 attention {}: REFUSED by the plan's check (cuDNN 9.14 is known to compute \
+         head_dim 64 wrongly, 9.19 right; set {} to a newer cuDNN to test the run): {message}",
+        case.name(),
+        Library::ENV_VAR
+    );
     Ok(())
 }

@@ -1,15 +1,19 @@
 //! Plans built once per spec and kept for the process, restored from disk when a previous
 //! process built them: finalizing a fused-attention plan compiles a kernel (about a second on
 //! cuDNN 9.14), restoring its serialized form takes tens of milliseconds.
+//!
+//! A newly built FP8 plan must also pass a run against lancet's reference (see `check.rs`)
+//! before it is kept or stored: some cuDNN releases build FP8 plans that compute wrongly.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::check::check_fp8;
 use super::graph::sdpa_forward;
 use super::plan::AttentionPlan;
-use super::spec::AttentionSpec;
+use super::spec::{AttentionPrecision, AttentionSpec};
 use crate::cudnn::{BuildTimes, ExecutionPlan, Handle, Lookup, PlanKey, PlanStore, StoredPlan};
 use crate::device::{Device, DeviceInfo};
 use crate::Result;
@@ -33,6 +37,9 @@ pub struct PlanLookup {
     pub elapsed: Duration,
     /// The breakdown of a build ([`PlanSource::Built`] only).
     pub build: Option<BuildTimes>,
+    /// The relative L2 error a freshly built FP8 plan showed in its check against lancet's
+    /// reference ([`PlanSource::Built`] FP8 plans only: stored plans passed it when built).
+    pub fp8_check: Option<f64>,
     /// Cache entries that were not used and why, and failures to write one. Also printed to
     /// stderr: a rebuilt plan costs a second, which a user should be able to explain.
     pub warnings: Vec<String>,
@@ -64,6 +71,12 @@ impl AttentionPlans {
 
     /// The plan for `spec`: from memory, else from disk, else built (and stored). Also reserves
     /// the plan's workspace, so that executing it never allocates (safe under stream capture).
+    ///
+    /// An FP8 spec needs a cuDNN that offers FP8 attention, and a freshly built FP8 plan runs
+    /// once on random inputs (on the handle's stream, waiting for it) and must match lancet's
+    /// reference; if it does not, the lookup fails with
+    /// [`CudnnError::WrongResults`](crate::cudnn::CudnnError::WrongResults) and the plan is
+    /// neither kept nor stored.
     pub fn get(&self, spec: &AttentionSpec) -> Result<PlanLookup> {
         let start = Instant::now();
         if let Some(plan) = self.plans.borrow().get(spec) {
@@ -72,30 +85,43 @@ impl AttentionPlans {
                 source: PlanSource::Memory,
                 elapsed: start.elapsed(),
                 build: None,
+                fp8_check: None,
                 warnings: Vec::new(),
             });
         }
         spec.validate()?;
+        let version = self.handle.library().version();
+        if spec.precision == AttentionPrecision::Fp8 {
+            version.check_fp8_attention()?;
+        }
         let graph = sdpa_forward(spec);
         let what = spec.to_string();
-        let key = PlanKey::new(self.handle.library().version(), &self.device, &graph);
+        let key = PlanKey::new(version, &self.device, &graph);
         let mut warnings = Vec::new();
         let (plan, source, build) = match self.restore(&key, &what, &mut warnings) {
             Some(plan) => (plan, PlanSource::Disk, None),
             None => {
                 let (plan, times) = ExecutionPlan::build(&self.handle, &graph, &what)?;
-                self.save(&key, &plan, &mut warnings);
                 (plan, PlanSource::Built, Some(times))
             }
         };
         self.handle.workspace(plan.workspace_size())?;
-        let plan = Arc::new(AttentionPlan::new(*spec, plan, graph.io_uids()));
+        let plan = AttentionPlan::new(*spec, plan, graph.io_uids());
+        let mut fp8_check = None;
+        if source == PlanSource::Built {
+            if spec.precision == AttentionPrecision::Fp8 {
+                fp8_check = Some(check_fp8(&plan, &self.handle)?);
+            }
+            self.save(&key, plan.execution_plan(), &mut warnings);
+        }
+        let plan = Arc::new(plan);
         self.plans.borrow_mut().insert(*spec, plan.clone());
         Ok(PlanLookup {
             plan,
             source,
             elapsed: start.elapsed(),
             build,
+            fp8_check,
             warnings,
         })
     }

@@ -107,15 +107,57 @@ impl Tensor {
     }
 }
 
+/// The element type of Q, K, V and O. The softmax and both products accumulate in f32 either
+/// way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionPrecision {
+    /// bf16 Q, K, V and O; the softmax output P is rounded to bf16 before `P·V`.
+    Bf16,
+    /// e4m3 Q, K, V and O with per-tensor f32 scale factors read from device memory at each
+    /// call (so scales change without a new plan), and the amaxes of P and O written back for
+    /// the next scales. P is quantized to e4m3 too. On Hopper cuDNN writes O only in FP8.
+    Fp8,
+}
+
+impl AttentionPrecision {
+    pub fn element_bytes(self) -> usize {
+        match self {
+            AttentionPrecision::Bf16 => 2,
+            AttentionPrecision::Fp8 => 1,
+        }
+    }
+
+    /// Strides (and head_dim) must be multiples of this many elements: Hopper's tensor-memory
+    /// loads need every non-unit stride to be a multiple of 16 bytes.
+    pub fn stride_multiple(self) -> usize {
+        16 / self.element_bytes()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionPrecision::Bf16 => "bf16",
+            AttentionPrecision::Fp8 => "fp8",
+        }
+    }
+}
+
+impl fmt::Display for AttentionPrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Everything an attention plan depends on: one plan serves every call with an equal spec
-/// (all layers of a model share one). The softmax scale is not part of it: cuDNN reads it at
-/// each execution.
+/// (all layers of a model share one). The softmax scale is not part of it, nor are FP8 scale
+/// factors: cuDNN reads them at each execution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AttentionSpec {
     pub shape: AttentionShape,
     pub layout: AttentionLayout,
-    /// Query `i` sees keys `j <= i` (top-left aligned, as PyTorch's `is_causal`).
+    /// Query `i` sees keys `j <= i` (top-left aligned, as PyTorch's `is_causal`). The only mask
+    /// there is, which matters for FP8: on Hopper cuDNN has no bottom-right causal FP8 kernel.
     pub causal: bool,
+    pub precision: AttentionPrecision,
 }
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -124,18 +166,27 @@ pub enum SpecError {
     Empty { what: &'static str },
     #[error("attention: {q_heads} query heads cannot share {kv_heads} KV heads evenly")]
     HeadGroups { q_heads: usize, kv_heads: usize },
-    #[error("attention: head_dim {0} is not a multiple of 8; cuDNN's bf16 kernels load 16-byte rows")]
-    HeadDim(usize),
+    #[error(
+        "attention: head_dim {head_dim} is not a multiple of {multiple}; cuDNN's {precision} kernels \
+         load 16-byte rows"
+    )]
+    HeadDim {
+        head_dim: usize,
+        multiple: usize,
+        precision: AttentionPrecision,
+    },
     #[error("attention: {tensor}'s head_dim stride is {stride}; cuDNN needs 1 (contiguous rows)")]
     InnerStride { tensor: &'static str, stride: usize },
     #[error(
-        "attention: {tensor}'s {axis} stride {stride} is not a multiple of 8 elements (16 bytes), \
-         which cuDNN's tensor-memory loads need"
+        "attention: {tensor}'s {axis} stride {stride} is not a multiple of {multiple} {precision} \
+         elements (16 bytes), which cuDNN's tensor-memory loads need"
     )]
     Misaligned {
         tensor: &'static str,
         axis: &'static str,
         stride: usize,
+        multiple: usize,
+        precision: AttentionPrecision,
     },
     #[error("attention: O's strides {strides:?} make different elements share an address")]
     OverlappingOutput { strides: Strides },
@@ -175,8 +226,13 @@ impl AttentionSpec {
                 kv_heads: s.kv_heads,
             });
         }
-        if s.head_dim % 8 != 0 {
-            return Err(SpecError::HeadDim(s.head_dim));
+        let (precision, multiple) = (self.precision, self.precision.stride_multiple());
+        if s.head_dim % multiple != 0 {
+            return Err(SpecError::HeadDim {
+                head_dim: s.head_dim,
+                multiple,
+                precision,
+            });
         }
         // The fused kernel's virtual score matrix [batch, q_heads, seq, seq] must fit too.
         let scores = [s.batch, s.q_heads, s.seq_len, s.seq_len]
@@ -196,11 +252,13 @@ impl AttentionSpec {
                     stride: strides[3],
                 });
             }
-            if let Some(axis) = (0..3).find(|&a| strides[a] % 8 != 0) {
+            if let Some(axis) = (0..3).find(|&a| strides[a] % multiple != 0) {
                 return Err(SpecError::Misaligned {
                     tensor: name,
                     axis: AXES[axis],
                     stride: strides[axis],
+                    multiple,
+                    precision,
                 });
             }
             if self.extent(tensor).is_none_or(|n| n > i64::MAX as usize) {
@@ -239,13 +297,17 @@ impl fmt::Display for AttentionSpec {
         let s = &self.shape;
         write!(
             f,
-            "attention b={} hq={} hkv={} s={} d={}{}",
+            "attention b={} hq={} hkv={} s={} d={}{}{}",
             s.batch,
             s.q_heads,
             s.kv_heads,
             s.seq_len,
             s.head_dim,
-            if self.causal { " causal" } else { "" }
+            if self.causal { " causal" } else { "" },
+            match self.precision {
+                AttentionPrecision::Bf16 => "",
+                AttentionPrecision::Fp8 => " fp8",
+            }
         )
     }
 }
@@ -290,6 +352,14 @@ mod tests {
             shape,
             layout,
             causal: true,
+            precision: AttentionPrecision::Bf16,
+        }
+    }
+
+    fn fp8(spec: AttentionSpec) -> AttentionSpec {
+        AttentionSpec {
+            precision: AttentionPrecision::Fp8,
+            ..spec
         }
     }
 
@@ -342,6 +412,15 @@ mod tests {
                     spec(shape, AttentionLayout::contiguous(&shape)).validate(),
                     Ok(())
                 );
+                for head_dim in [64, 128] {
+                    let shape = AttentionShape { head_dim, ..shape };
+                    for layout in [
+                        AttentionLayout::packed_qkv(&shape),
+                        AttentionLayout::contiguous(&shape),
+                    ] {
+                        assert_eq!(fp8(spec(shape, layout)).validate(), Ok(()));
+                    }
+                }
             }
         }
     }
@@ -366,7 +445,14 @@ mod tests {
                 kv_heads: 5
             })
         );
-        assert_eq!(with_shape(|s| s.head_dim = 60), Err(SpecError::HeadDim(60)));
+        assert_eq!(
+            with_shape(|s| s.head_dim = 60),
+            Err(SpecError::HeadDim {
+                head_dim: 60,
+                multiple: 8,
+                precision: AttentionPrecision::Bf16
+            })
+        );
         assert_eq!(
             with_shape(|s| s.seq_len = 1 << 40),
             Err(SpecError::TooLarge {
@@ -391,7 +477,9 @@ mod tests {
             SpecError::Misaligned {
                 tensor: "V",
                 axis: "seq",
-                stride: 3076
+                stride: 3076,
+                multiple: 8,
+                precision: AttentionPrecision::Bf16
             }
         );
         assert!(err.to_string().contains("16 bytes"));
@@ -401,6 +489,59 @@ mod tests {
             overlapping.validate(),
             Err(SpecError::OverlappingOutput { .. })
         ));
+    }
+
+    #[test]
+    fn fp8_needs_16_element_rows_and_strides() {
+        // Shapes and strides bf16 accepts (multiples of 8 elements = 16 bytes) that FP8 does
+        // not (8 e4m3 elements are 8 bytes).
+        let shape = AttentionShape {
+            head_dim: 72,
+            ..headline()
+        };
+        let err = fp8(spec(shape, AttentionLayout::contiguous(&shape)))
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::HeadDim {
+                head_dim: 72,
+                multiple: 16,
+                precision: AttentionPrecision::Fp8
+            }
+        );
+        assert!(
+            err.to_string().contains("multiple of 16; cuDNN's fp8 kernels"),
+            "{err}"
+        );
+        assert_eq!(
+            spec(shape, AttentionLayout::contiguous(&shape)).validate(),
+            Ok(())
+        );
+
+        let shape = headline();
+        let mut padded = fp8(spec(shape, AttentionLayout::packed_qkv(&shape)));
+        padded.layout.o[2] = 2048 + 8;
+        padded.layout.o[0] = 2048 * 2056;
+        let err = padded.validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("O's seq stride 2056 is not a multiple of 16 fp8 elements (16 bytes)"),
+            "{err}"
+        );
+        padded.precision = AttentionPrecision::Bf16;
+        assert_eq!(padded.validate(), Ok(()));
+    }
+
+    #[test]
+    fn display_names_fp8() {
+        let shape = headline();
+        let bf16 = spec(shape, AttentionLayout::packed_qkv(&shape));
+        assert_eq!(bf16.to_string(), "attention b=2 hq=32 hkv=8 s=2048 d=64 causal");
+        assert_eq!(
+            fp8(bf16).to_string(),
+            "attention b=2 hq=32 hkv=8 s=2048 d=64 causal fp8"
+        );
     }
 
     #[test]

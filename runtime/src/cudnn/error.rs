@@ -37,6 +37,20 @@ impl Version {
         };
         Err(CudnnError::Unsupported { found: self, reason })
     }
+
+    /// Refuses versions on which NVIDIA's frontend declines FP8 fused attention forward: before
+    /// 9.1.0 it does not exist, and 9.10.0 is excluded as broken. (Passing this is not enough:
+    /// 9.14 builds FP8 plans that compute head_dim 64 wrongly, which only a run can reveal.)
+    pub fn check_fp8_attention(self) -> Result<(), CudnnError> {
+        let reason = if self < Self::MINIMUM {
+            "FP8 fused attention needs cuDNN 9.1.0 or newer"
+        } else if self.0 == 91000 {
+            "NVIDIA's frontend declines FP8 fused attention on cuDNN 9.10.0; use 9.10.2 or newer"
+        } else {
+            return Ok(());
+        };
+        Err(CudnnError::Unsupported { found: self, reason })
+    }
 }
 
 impl fmt::Display for Version {
@@ -50,6 +64,13 @@ impl fmt::Display for Version {
 pub enum CudnnError {
     #[error("cuDNN could not be loaded: none of {candidates} was found (lancet needs cuDNN 9.1 or newer)")]
     NotFound { candidates: String },
+    /// The cuDNN that [`Library::ENV_VAR`](super::Library::ENV_VAR) names cannot be used.
+    #[error("cuDNN could not be loaded from {var}={path}: {problem}")]
+    Configured {
+        var: &'static str,
+        path: String,
+        problem: String,
+    },
     #[error("cuDNN {version}: the library has no symbol `{symbol}`")]
     MissingSymbol { version: String, symbol: &'static str },
     #[error("cuDNN {found} is not supported: {reason}")]
@@ -62,6 +83,19 @@ pub enum CudnnError {
         call: String,
         status: Status,
         message: String,
+    },
+    /// A plan cuDNN built without complaint computed wrong results when lancet checked it
+    /// against its own reference. `advice` says what to do about it.
+    #[error(
+        "cuDNN {version} computes {what} wrongly: relative L2 error {rel_l2:.3e} against lancet's \
+         f64 reference, bound {bound}. {advice}"
+    )]
+    WrongResults {
+        version: Version,
+        what: String,
+        rel_l2: f64,
+        bound: f64,
+        advice: String,
     },
     /// A graph operation names a tensor the graph does not declare (a graph-builder bug).
     #[error("graph operation `{op}` refers to tensor uid {uid}, which the graph does not declare")]
@@ -105,6 +139,17 @@ mod tests {
         assert!(err.contains("9.10.1"), "{err}");
         assert!(Version(91002).check_supported().is_ok());
         assert!(Version(91400).check_supported().is_ok());
+    }
+
+    #[test]
+    fn fp8_attention_refuses_what_the_frontend_declines() {
+        for (version, needle) in [(90002, "9.0.2"), (91000, "9.10.0")] {
+            let err = Version(version).check_fp8_attention().unwrap_err().to_string();
+            assert!(err.contains(needle) && err.contains("FP8"), "{err}");
+        }
+        for version in [90100, 91001, 91400, 91900] {
+            assert!(Version(version).check_fp8_attention().is_ok(), "{version}");
+        }
     }
 
     #[test]

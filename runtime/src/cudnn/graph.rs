@@ -15,6 +15,8 @@ use cudarc::cudnn::sys::{cudnnDataType_t, cudnnPointwiseMode_t, cudnnReduceTenso
 pub enum DataType {
     F32,
     Bf16,
+    /// FP8 with 4 exponent and 3 mantissa bits (no infinities; largest finite value 448).
+    Fp8E4m3,
     I32,
     Bool,
 }
@@ -24,6 +26,7 @@ impl DataType {
         match self {
             DataType::F32 => cudnnDataType_t::CUDNN_DATA_FLOAT,
             DataType::Bf16 => cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+            DataType::Fp8E4m3 => cudnnDataType_t::CUDNN_DATA_FP8_E4M3,
             DataType::I32 => cudnnDataType_t::CUDNN_DATA_INT32,
             DataType::Bool => cudnnDataType_t::CUDNN_DATA_BOOLEAN,
         }
@@ -33,6 +36,7 @@ impl DataType {
         match self {
             DataType::F32 => "f32",
             DataType::Bf16 => "bf16",
+            DataType::Fp8E4m3 => "e4m3",
             DataType::I32 => "i32",
             DataType::Bool => "bool",
         }
@@ -100,6 +104,8 @@ impl PointwiseMode {
 pub enum ReduceOp {
     Max,
     Add,
+    /// The largest absolute value: what FP8 scaling recipes derive their next scale from.
+    AMax,
 }
 
 impl ReduceOp {
@@ -107,6 +113,7 @@ impl ReduceOp {
         match self {
             ReduceOp::Max => cudnnReduceTensorOp_t::CUDNN_REDUCE_TENSOR_MAX,
             ReduceOp::Add => cudnnReduceTensorOp_t::CUDNN_REDUCE_TENSOR_ADD,
+            ReduceOp::AMax => cudnnReduceTensorOp_t::CUDNN_REDUCE_TENSOR_AMAX,
         }
     }
 }

@@ -5,8 +5,20 @@
 //! behaviour for a status code newer than cudarc's headers, and panic on a missing symbol.
 //! lancet resolves the few entry points it needs itself, from the same library cudarc opens
 //! (`sys::culib`), with integer statuses, so every outcome is a value it can report.
+//!
+//! **Choosing the cuDNN.** By default the loader's search decides (cudarc tries `libcudnn.so`,
+//! then versioned names down to `libcudnn.so.9`), which usually finds the system's cuDNN. Set
+//! `LANCET_CUDNN` ([`Library::ENV_VAR`]) to a `libcudnn.so.9` file, or to a folder holding one
+//! (such as the `nvidia/cudnn/lib` folder of pip's `nvidia-cudnn-cu13`), to use that cuDNN
+//! instead: for instance a newer one than the system's, which FP8 attention needs on machines
+//! with cuDNN 9.14. lancet opens that file by absolute path, keeps it loaded for the process and
+//! resolves its entry points from it, never from cudarc's search (whose first candidate,
+//! `libcudnn.so`, may be a different file); cuDNN then loads its sub-libraries from the same
+//! folder (its `RUNPATH` is `$ORIGIN`). A variable naming a missing or unloadable file is an
+//! error, not a silent fallback to the system's cuDNN.
 
 use std::ffi::{c_char, c_void, CStr};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use cudarc::cudnn::sys::{self, cudaStream_t, cudnnBackendDescriptor_t, cudnnHandle_t};
@@ -36,12 +48,17 @@ pub(crate) struct Api {
 
 pub struct Library {
     version: Version,
+    /// The file [`Library::ENV_VAR`] chose, absolute; `None` when the loader's search chose.
+    path: Option<PathBuf>,
     pub(crate) api: Api,
 }
 
 static LIBRARY: OnceLock<Result<Library, CudnnError>> = OnceLock::new();
 
 impl Library {
+    /// The environment variable naming the cuDNN to load (see the module docs).
+    pub const ENV_VAR: &'static str = "LANCET_CUDNN";
+
     /// The process's cuDNN, loaded on first use. Fails (every time, with the same error) when
     /// no cuDNN can be opened, a needed symbol is missing, or the version is not supported.
     pub fn get() -> Result<&'static Library, CudnnError> {
@@ -50,6 +67,11 @@ impl Library {
 
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    /// The file loaded, when [`Library::ENV_VAR`] named it.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// `Ok` for `CUDNN_STATUS_SUCCESS`; otherwise an error naming the call (built lazily: the
@@ -78,14 +100,22 @@ impl Library {
 }
 
 fn load() -> Result<Library, CudnnError> {
-    // SAFETY: only tries to open the candidates; `culib` would panic if none opened.
-    if !unsafe { sys::is_culib_present() } {
-        return Err(CudnnError::NotFound {
-            candidates: cudarc::get_lib_name_candidates("cudnn").join(", "),
-        });
-    }
-    // SAFETY: present, as just checked.
-    let lib = unsafe { sys::culib() };
+    let (lib, path) = match std::env::var_os(Library::ENV_VAR) {
+        Some(value) => {
+            let path = configured_file(Path::new(&value))?;
+            (open(&path)?, Some(path))
+        }
+        None => {
+            // SAFETY: only tries to open the candidates; `culib` would panic if none opened.
+            if !unsafe { sys::is_culib_present() } {
+                return Err(CudnnError::NotFound {
+                    candidates: cudarc::get_lib_name_candidates("cudnn").join(", "),
+                });
+            }
+            // SAFETY: present, as just checked.
+            (unsafe { sys::culib() }, None)
+        }
+    };
     // SAFETY: `size_t cudnnGetVersion(void)`.
     let get_version =
         unsafe { lib.get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0") }.map_err(|_| {
@@ -110,7 +140,45 @@ fn load() -> Result<Library, CudnnError> {
         backend_get = "cudnnBackendGetAttribute",
         backend_execute = "cudnnBackendExecute",
     });
-    Ok(Library { version, api })
+    Ok(Library { version, path, api })
+}
+
+/// The absolute path of the `libcudnn.so.9` that `value` (of [`Library::ENV_VAR`]) names: the
+/// file itself, or the one in the folder.
+fn configured_file(value: &Path) -> Result<PathBuf, CudnnError> {
+    const FILE: &str = "libcudnn.so.9";
+    let problem = |problem: String| CudnnError::Configured {
+        var: Library::ENV_VAR,
+        path: value.display().to_string(),
+        problem,
+    };
+    let file = if value.is_dir() {
+        value.join(FILE)
+    } else {
+        value.to_path_buf()
+    };
+    if !file.is_file() {
+        return Err(problem(if value.is_dir() {
+            format!("the folder has no {FILE}")
+        } else {
+            format!("no such file (name a {FILE} file or the folder holding it)")
+        }));
+    }
+    std::fs::canonicalize(&file).map_err(|e| problem(format!("cannot resolve {}: {e}", file.display())))
+}
+
+/// Opens `path` and keeps it loaded for the process: the entry points resolved from it, and
+/// the sub-libraries cuDNN loads from its folder, must stay valid as long as lancet runs.
+fn open(path: &Path) -> Result<&'static libloading::Library, CudnnError> {
+    // SAFETY: loading cuDNN runs its initialisers, which have no preconditions.
+    match unsafe { libloading::Library::new(path) } {
+        Ok(lib) => Ok(Box::leak(Box::new(lib))),
+        Err(e) => Err(CudnnError::Configured {
+            var: Library::ENV_VAR,
+            path: path.display().to_string(),
+            problem: format!("the file could not be loaded: {e}"),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -130,5 +198,37 @@ mod tests {
             }
             Err(e) => assert!(e.to_string().starts_with("cuDNN"), "{e}"),
         }
+    }
+
+    #[test]
+    fn a_configured_cudnn_that_cannot_load_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("lancet-cudnn-env-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        fn message<T>(result: Result<T, CudnnError>) -> String {
+            result.err().map(|e| e.to_string()).unwrap_or_default()
+        }
+
+        let missing = dir.join("nowhere").join("libcudnn.so.9");
+        let err = message(configured_file(&missing));
+        assert!(err.contains("LANCET_CUDNN=") && err.contains("nowhere") && err.contains("no such file"));
+        let err = message(configured_file(&dir));
+        assert!(err.contains("the folder has no libcudnn.so.9"), "{err}");
+
+        // A folder holding the file resolves to it; a file that is no library fails to open.
+        std::fs::write(dir.join("libcudnn.so.9"), b"not an ELF file").unwrap();
+        let file = configured_file(&dir).unwrap();
+        assert!(
+            file.is_absolute() && file.ends_with("libcudnn.so.9"),
+            "{}",
+            file.display()
+        );
+        assert_eq!(configured_file(&file).unwrap(), file);
+        let err = message(open(&file));
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains("could not be loaded"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
