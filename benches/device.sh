@@ -21,6 +21,14 @@ mkdir -p "$OUT"
 LANCET_CACHE_DIR=${LANCET_CACHE_DIR:-$(mktemp -d)}
 export LANCET_CACHE_DIR
 
+# FP8 attention needs a newer cuDNN than the system's 9.14 (wrong at head_dim 64): use PyTorch's
+# pip cuDNN when there is one and the caller named none.
+if [[ -z ${LANCET_CUDNN:-} ]]; then
+    LANCET_CUDNN=$(python3 -c 'import nvidia.cudnn as c; print(list(c.__path__)[0] + "/lib")' 2>/dev/null) \
+        && export LANCET_CUDNN || unset LANCET_CUDNN
+fi
+echo "LANCET_CUDNN=${LANCET_CUDNN:-(unset: the system cuDNN)}" | tee "$OUT/cudnn.txt"
+
 results=()
 step() {
     local name=$1
@@ -74,7 +82,7 @@ fi
 {
     echo
     echo "===================== summary ====================="
-    cat "$OUT/gpu.txt"
+    cat "$OUT/gpu.txt" "$OUT/cudnn.txt"
     printf '%s\n' "${results[@]}"
     echo
     if want checks; then

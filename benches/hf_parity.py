@@ -20,7 +20,9 @@ off). Rows, each with its relative L2 error ‖y − ref‖ / ‖ref‖ against 
   PyTorch FP8          torch_llama.py's FP8 forward (`torch._scaled_mm`, fast accumulation, cuDNN
                        attention, eager glue, input scales calibrated on a bf16 pass) fed the
                        embeddings of the input_ids: PyTorch's own FP8 pipeline
-  lancet bf16, FP8     `lancet run --precision bf16|fp8` on the GPU
+  lancet bf16, FP8     `lancet run --precision bf16|fp8 --attention bf16` on the GPU: FP8 with
+                       the attention PyTorch's pipeline has
+  lancet FP8 + FP8 attention  `--attention fp8`: what FP8 attention adds (reported, unchecked)
   lancet CPU           `lancet run --device cpu`: lancet's f32 reference interpreter
 
 Checks, printed PASS/FAIL (the exit code is 1 if any fails):
@@ -78,13 +80,15 @@ ROWS = {
     "torch_llama_bf16": "torch_llama.py bf16 eager",
     "pytorch_fp8": "PyTorch FP8 (torch_llama.py: _scaled_mm, fast accum, cuDNN SDPA)",
     "lancet_bf16": "lancet bf16 (GPU)",
-    "lancet_fp8": "lancet FP8 (GPU)",
+    "lancet_fp8": "lancet FP8, bf16 attention (GPU)",
+    "lancet_fp8_attention": "lancet FP8 + FP8 attention (GPU)",
     "lancet_cpu": "lancet CPU (f32 reference interpreter)",
 }
 # `lancet run` flags of each lancet row.
 LANCET_FLAGS = {
     "lancet_bf16": ["--precision", "bf16"],
-    "lancet_fp8": ["--precision", "fp8"],
+    "lancet_fp8": ["--precision", "fp8", "--attention", "bf16"],
+    "lancet_fp8_attention": ["--precision", "fp8", "--attention", "fp8"],
     "lancet_cpu": ["--device", "cpu"],
 }
 

@@ -4,10 +4,11 @@ checkpoint and inputs, every row's output checked against PyTorch's bf16 eager o
 Steps, in this order (all files in a temporary directory, removed at the end):
   1. `torch_llama.py --make-checkpoint`: a random checkpoint of Llama-3.2-1B's dimensions,
      --layers deep, and Normal(0, 1) bf16 hidden states [--batch, --seq, 2048] as inputs.
-  2. `lancet bench`, FP8, fusion on, with empty caches (a fresh LANCET_CACHE_DIR and CUDA JIT
-     cache): the cold compile.
-  3. `lancet bench`, FP8, fusion off; 4. `lancet bench`, bf16, fusion on: each with empty caches
-     of its own, so that every lancet row's one-time cost is a cold start, as PyTorch's are.
+  2. `lancet bench`, FP8 linears and FP8 attention, fusion on, with empty caches (a fresh
+     LANCET_CACHE_DIR and CUDA JIT cache): the cold compile.
+  3. `lancet bench`, FP8 linears with bf16 attention (PyTorch's numerics), fusion on and off
+     (off: the seed's "without compile" row); 4. `lancet bench`, bf16, fusion on: each with empty
+     caches of its own, so that every lancet row's one-time cost is a cold start, as PyTorch's are.
   5. torch_llama.py's rows on the checkpoint and inputs (each in a fresh process with empty
      caches), every row's output saved.
   6. `lancet bench`, FP8, fusion on again, on step 2's caches: the warm start, and the second of
@@ -56,20 +57,34 @@ class LancetRow:
     caches: str  # name of the row's cache folder: rows sharing one share their caches
 
 
-FP8_FUSED = ("--precision", "fp8", "--fusion", "on")
+FP8_FUSED = ("--precision", "fp8", "--attention", "fp8", "--fusion", "on")
 LANCET_BEFORE_TORCH = [
-    LancetRow("lancet_fp8_cold", "lancet FP8, fusion on (cold caches)", FP8_FUSED, "fp8_fused"),
+    LancetRow("lancet_fp8_cold", "lancet FP8 + FP8 attention, fusion on (cold caches)", FP8_FUSED, "fp8_fused"),
+    LancetRow(
+        "lancet_fp8_bf16_attention",
+        "lancet FP8, bf16 attention, fusion on",
+        ("--precision", "fp8", "--attention", "bf16", "--fusion", "on"),
+        "fp8_bf16_attention",
+    ),
     LancetRow(
         "lancet_fp8_unfused",
-        "lancet FP8, fusion off (one kernel per glue op)",
-        ("--precision", "fp8", "--fusion", "off"),
+        "lancet FP8, bf16 attention, fusion off (one kernel per glue op)",
+        ("--precision", "fp8", "--attention", "bf16", "--fusion", "off"),
         "fp8_unfused",
     ),
     LancetRow("lancet_bf16", "lancet bf16, fusion on", ("--precision", "bf16", "--fusion", "on"), "bf16"),
 ]
-LANCET_AFTER_TORCH = [LancetRow("lancet_fp8_warm", "lancet FP8, fusion on (warm caches)", FP8_FUSED, "fp8_fused")]
+LANCET_AFTER_TORCH = [
+    LancetRow("lancet_fp8_warm", "lancet FP8 + FP8 attention, fusion on (warm caches)", FP8_FUSED, "fp8_fused")
+]
 # The table's order: lancet's rows, then PyTorch's.
-LANCET_TABLE_ORDER = ["lancet_fp8_cold", "lancet_fp8_warm", "lancet_fp8_unfused", "lancet_bf16"]
+LANCET_TABLE_ORDER = [
+    "lancet_fp8_cold",
+    "lancet_fp8_warm",
+    "lancet_fp8_bf16_attention",
+    "lancet_fp8_unfused",
+    "lancet_bf16",
+]
 
 
 class Steps:

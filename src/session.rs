@@ -10,6 +10,7 @@ use lancet_compiler::ir::Graph;
 use lancet_compiler::reference::Bindings;
 use lancet_compiler::weights::{constant_params, random_inputs, random_params};
 use lancet_runtime::cublaslt::Gemms;
+use lancet_runtime::cudnn::{Library, Version};
 use lancet_runtime::device::Device;
 use lancet_runtime::exec::{DeviceParams, Executable, InitKernels, InitSource};
 use lancet_runtime::jit;
@@ -25,6 +26,25 @@ pub fn arch_of(device: &Device) -> String {
     } else {
         format!("sm_{major}{minor}")
     }
+}
+
+/// The first cuDNN lancet knows to compute FP8 attention correctly. 9.14 (as Ubuntu packages it)
+/// runs the FP8 graph at head_dim 64 without any error and returns results off by a relative L2
+/// of 1.6–5.4 at sequence 2048; 9.19 (PyTorch's pip wheel) is right on the same machine.
+const FP8_ATTENTION_CUDNN: Version = Version(91900);
+
+/// Why attention should default to bf16 here, if it should: the cuDNN this process loads (see
+/// `LANCET_CUDNN`) predates [`FP8_ATTENTION_CUDNN`]. With no cuDNN at all nothing is said:
+/// compiling needs none, and running fails anyway, naming the library.
+pub fn fp8_attention_blocker() -> Option<String> {
+    let found = Library::get().ok()?.version();
+    (found < FP8_ATTENTION_CUDNN).then(|| {
+        format!(
+            "cuDNN {found} predates {FP8_ATTENTION_CUDNN}, the first known to compute FP8 attention \
+             correctly (9.14 is wrong at head_dim 64); point LANCET_CUDNN at a newer cuDNN's folder \
+             (e.g. pip's nvidia-cudnn-cu13) for FP8 attention"
+        )
+    })
 }
 
 /// Where a model's parameters and inputs come from: a checkpoint and an input file, or random
@@ -70,7 +90,8 @@ pub struct ReadyTimes {
     pub attention_build_ms: f64,
     /// How long the main thread waited for them: their share of the wall time.
     pub attention_wait_ms: f64,
-    /// cuBLASLt loaded, its handle and workspace made, on their own thread alongside the weights.
+    /// cuBLASLt loaded, its handle and workspace made and every GEMM's algorithm chosen, on
+    /// their own thread alongside the weights.
     pub gemm_setup_ms: f64,
     /// How long the main thread waited for that.
     pub gemm_setup_wait_ms: f64,
@@ -161,11 +182,14 @@ pub fn open<'d>(
         // cuDNN compiles a kernel per attention plan (about a second on a cold cache): on a
         // third thread, alongside the weights.
         let attention = scope.spawn(|| Executable::attention_plans(device, plan));
-        // Loading cuBLASLt (a large library) is CPU work too. Its tuning is not: it times
-        // candidates on the stream, so it waits for the weights to be uploaded.
+        // Loading cuBLASLt (a large library) is CPU work too, and choosing GEMM algorithms
+        // times candidates on a stream of cuBLASLt's own, on scratch data: neither needs the
+        // weights, so both run on a thread of their own.
         let gemms = scope.spawn(|| {
             let t = Instant::now();
-            Gemms::new(device).map(|g| (g, t.elapsed().as_secs_f64() * 1e3))
+            let gemms = Gemms::new(device)?;
+            Executable::tune_gemms(&gemms, plan, options.fast_accum)?;
+            anyhow::Ok((gemms, t.elapsed().as_secs_f64() * 1e3))
         });
         // Weights are made on the GPU (drawn, or a checkpoint's converted there), by a fixed
         // program NVRTC compiles meanwhile.
@@ -202,12 +226,12 @@ pub fn open<'d>(
         let (attention, attention_ms) = attention.join().expect("the attention thread does not panic")?;
         ready.attention_wait_ms = t.elapsed().as_secs_f64() * 1e3;
         ready.attention_build_ms = attention_ms;
-        progress("loading cuBLASLt");
+        progress("loading cuBLASLt, choosing GEMM algorithms");
         let t = Instant::now();
         let (gemms, gemm_setup_ms) = gemms.join().expect("the cuBLASLt thread does not panic")?;
         ready.gemm_setup_wait_ms = t.elapsed().as_secs_f64() * 1e3;
         ready.gemm_setup_ms = gemm_setup_ms;
-        progress("uploading weights, choosing GEMM algorithms");
+        progress("uploading weights");
         let prepared = Executable::prepare(
             device,
             plan.clone(),

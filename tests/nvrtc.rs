@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use lancet_compiler::codegen::Kernel;
 use lancet_compiler::lower::{lower_with, LowerOptions};
-use lancet_compiler::models::{LlamaConfig, Precision, PRESETS};
+use lancet_compiler::models::{AttentionPrecision, LlamaConfig, Precision, PRESETS};
 use lancet_compiler::rewrite::{optimize, Options};
 use lancet_runtime::exec::InitSource;
 use lancet_runtime::jit::{self, CudaSource, JitOptions};
@@ -19,7 +19,12 @@ use libtest_mimic::{Arguments, Failed, Trial};
 fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
     let mut kernels: BTreeMap<String, (Kernel, Vec<String>)> = BTreeMap::new();
     for name in PRESETS {
-        for precision in [Precision::Fp8, Precision::Bf16] {
+        // FP8 linears with FP8 attention, with bf16 attention (where cuDNN cannot do FP8), and bf16.
+        for (precision, attention) in [
+            (Precision::Fp8, AttentionPrecision::Fp8),
+            (Precision::Fp8, AttentionPrecision::Bf16),
+            (Precision::Bf16, AttentionPrecision::Bf16),
+        ] {
             for (fusion, vocab) in [
                 (true, None),
                 (false, None),
@@ -29,6 +34,7 @@ fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
                 let mut c = LlamaConfig::preset(name).expect("preset exists");
                 c.layers = 2;
                 c.precision = precision;
+                c.attention = attention;
                 c.vocab = vocab;
                 c.final_norm = vocab.is_some();
                 let graph = c.build().expect("presets build");
@@ -48,7 +54,7 @@ fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
                 )
                 .expect("lowers");
                 let config = format!(
-                    "{name} {precision:?} fusion {}",
+                    "{name} {precision:?} attention {attention:?} fusion {}",
                     if fusion { "on" } else { "off" }
                 );
                 for k in plan.kernels {

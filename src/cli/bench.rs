@@ -174,8 +174,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "weights to the device (checkpoint copied and converted, or drawn)",
             r.load.upload_ms,
         ),
-        ("cuBLASLt set-up, beyond what overlapped", r.gemm_setup_wait_ms),
-        ("GEMM algorithm selection", r.load.gemm_tuning_ms),
+        (
+            "cuBLASLt set-up and GEMM selection, beyond what overlapped",
+            r.gemm_setup_wait_ms,
+        ),
+        ("GEMM plan lookups", r.load.gemm_tuning_ms),
         (
             "attention plans (cuDNN), beyond what overlapped",
             r.attention_wait_ms + r.load.attention_plans_ms,
@@ -193,7 +196,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     phases.push(("other (threads, bookkeeping)".into(), ready_ms - accounted));
     let nvrtc_note = format!(
         "on threads of their own, alongside the weights: NVRTC {:.1} ms ({kernels} kernels, {cached} from the cache), \
-         cuDNN attention plans {:.1} ms, cuBLASLt set-up {:.1} ms",
+         cuDNN attention plans {:.1} ms, cuBLASLt set-up and GEMM selection {:.1} ms",
         p.nvrtc_ms, r.attention_build_ms, r.gemm_setup_ms
     );
 

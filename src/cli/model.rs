@@ -9,11 +9,17 @@ use clap::{ArgGroup, Args, ValueEnum};
 use lancet::session::Data;
 use lancet_compiler::checkpoint::{Checkpoint, TensorFile};
 use lancet_compiler::ir::{json, DType, Graph};
-use lancet_compiler::models::{LlamaConfig, Precision, PRESETS};
+use lancet_compiler::models::{AttentionPrecision, LlamaConfig, Precision, PRESETS};
 use lancet_compiler::reference::Bindings;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum PrecisionArg {
+    Fp8,
+    Bf16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttentionArg {
     Fp8,
     Bf16,
 }
@@ -64,6 +70,10 @@ pub struct ModelArgs {
     /// Precision of the linears (default: fp8 on the GPU; the CPU runs without FP8).
     #[arg(long, value_enum, requires = "source")]
     pub precision: Option<PrecisionArg>,
+    /// Precision of attention with FP8 linears (default: fp8, unless the cuDNN found is one
+    /// known to compute FP8 attention wrongly; then bf16, with a note).
+    #[arg(long, value_enum, requires = "source")]
+    pub attention: Option<AttentionArg>,
     /// Activation dtype (default: bf16 on the GPU, f32 on the CPU).
     #[arg(long, value_enum, requires = "source")]
     pub dtype: Option<DTypeArg>,
@@ -99,7 +109,9 @@ impl ModelArgs {
             config.vocab = self.vocab;
             config.final_norm = true;
         }
-        config.precision = self.precision(target)?.unwrap_or(config.precision);
+        let precision = self.precision(target)?.unwrap_or(config.precision);
+        config = config.with_precision(precision);
+        config.attention = self.attention(precision)?;
         config.dtype = self.dtype(target);
         Ok(Some(config))
     }
@@ -128,6 +140,24 @@ impl ModelArgs {
             (Some(PrecisionArg::Fp8), Target::Gpu) => Some(Precision::Fp8),
             (Some(PrecisionArg::Bf16), _) | (None, Target::Cpu) => Some(Precision::Bf16),
             (None, Target::Gpu) => None,
+        })
+    }
+
+    /// The asked attention precision, or the default for `precision` and the cuDNN at hand.
+    fn attention(&self, precision: Precision) -> Result<AttentionPrecision> {
+        Ok(match (self.attention, precision) {
+            (Some(AttentionArg::Fp8), Precision::Bf16) => {
+                bail!("--attention fp8 needs --precision fp8: FP8 attention hands the output projection an FP8 input")
+            }
+            (Some(AttentionArg::Fp8), Precision::Fp8) => AttentionPrecision::Fp8,
+            (Some(AttentionArg::Bf16), _) | (None, Precision::Bf16) => AttentionPrecision::Bf16,
+            (None, Precision::Fp8) => match lancet::session::fp8_attention_blocker() {
+                None => AttentionPrecision::Fp8,
+                Some(why) => {
+                    eprintln!("lancet: note: bf16 attention: {why}");
+                    AttentionPrecision::Bf16
+                }
+            },
         })
     }
 
@@ -184,7 +214,8 @@ impl ModelArgs {
             ),
         };
         let precision = self.precision(target)?.unwrap_or(Precision::Fp8);
-        let config = checkpoint.llama(self.layers, batch_seq, embed, precision, self.dtype(target))?;
+        let mut config = checkpoint.llama(self.layers, batch_seq, embed, precision, self.dtype(target))?;
+        config.attention = self.attention(precision)?;
         let graph = config.build().context("building the checkpoint's graph")?;
         if let Some((inputs, file)) = &inputs {
             check_ids(inputs, file.path(), config.vocab)?;
@@ -203,9 +234,10 @@ impl ModelArgs {
 
 /// Layers, tokens and precision, for titles.
 fn describe(c: &LlamaConfig) -> String {
-    let precision = match c.precision {
-        Precision::Fp8 => "fp8".to_string(),
-        Precision::Bf16 => c.dtype.to_string(),
+    let precision = match (c.precision, c.attention) {
+        (Precision::Fp8, AttentionPrecision::Fp8) => "fp8".to_string(),
+        (Precision::Fp8, AttentionPrecision::Bf16) => "fp8 (bf16 attention)".to_string(),
+        (Precision::Bf16, _) => c.dtype.to_string(),
     };
     format!(
         "{} layers · batch {} · seq {} · {precision}{}",

@@ -49,10 +49,12 @@ pub enum AttentionPrecision {
     Fp8,
 }
 
-/// How FP8 attention scales its probabilities before rounding them to e4m3: they lie in
-/// [0, 1], and 256, the largest power of two within e4m3's 448, keeps 1 exact while values down
-/// to 2⁻¹⁷ stay representable (as subnormals).
-pub const FP8_ATTENTION_P_SCALE: f32 = 256.0;
+/// How FP8 attention scales its probabilities before rounding them to e4m3. NVIDIA's model of
+/// the Hopper kernel (cudnn-frontend's FP8 SDPA test reference) rounds the *unnormalised*
+/// `exp(s − m)` times `p_scale / 16`, where `m` is a running row maximum raised only once a block
+/// of keys exceeds it by more than 4, so values reach e⁴ ≈ 55: 128 keeps 55 · 8 within e4m3's
+/// 448 (NVIDIA's own tests use 112).
+pub const FP8_ATTENTION_P_SCALE: f32 = 128.0;
 
 /// The default per-tensor scale of a quantized activation before calibration: values up to
 /// 448/32 = 14 stay unsaturated, which covers unit-variance activations past 10σ. Calibration

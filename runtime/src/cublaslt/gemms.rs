@@ -14,7 +14,7 @@ use super::plan::GemmPlan;
 use super::spec::{GemmSpec, Precision};
 use super::store::{AlgoKey, AlgoLookup, AlgoStore, StoredAlgo};
 use super::tune::{tune, Candidate, TuneOptions, TuneSource, Tuning};
-use crate::device::{Device, DeviceInfo};
+use crate::device::{Device, DeviceError, DeviceInfo};
 use crate::Result;
 
 /// The cuBLASLt handle, the workspace its GEMMs share, and their tuned plans.
@@ -42,8 +42,24 @@ impl Gemms {
             calls: options.calls.max(1),
             ..options
         };
+        // A stream of its own: tuning times candidates there, so it can run while the device's
+        // stream makes the weights. Launches name their stream; this one serves tuning only.
+        let stream = device
+            .stream()
+            .context()
+            .new_stream()
+            .map_err(|source| DeviceError::Driver {
+                what: "creating the cuBLASLt tuning stream",
+                source,
+            })?;
+        let handle = Handle::new(&stream, options.workspace_bytes)?;
+        // The workspace and unit scale were written on that stream; launches on others follow.
+        stream.synchronize().map_err(|source| DeviceError::Driver {
+            what: "creating the cuBLASLt workspace",
+            source,
+        })?;
         Ok(Gemms {
-            handle: Arc::new(Handle::new(device.stream(), options.workspace_bytes)?),
+            handle: Arc::new(handle),
             device: device.info().clone(),
             options,
             store,

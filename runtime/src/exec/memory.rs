@@ -1,10 +1,11 @@
 //! Device memory for a plan: one arena for all activations (placed by the plan's memory plan),
-//! one allocation per weight, input and output, and the amax slots.
+//! one allocation per weight, input and output, the amax slots, and the scalars FP8 attention
+//! reads.
 
 use cudarc::driver::result;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, DevicePtr};
-use lancet_compiler::lower::{Buffer, BufferKind, Plan, View};
+use lancet_compiler::lower::{Buffer, BufferKind, Plan, Step, View};
 use lancet_compiler::reference::Array;
 use thiserror::Error;
 
@@ -21,6 +22,23 @@ pub struct OutOfMemory {
     pub total: usize,
 }
 
+/// Floats between consecutive amax slots and attention scalars: cuDNN reads and writes its
+/// scalar tensors as 16-byte aligned, so every slot gets 16 bytes of its own.
+const SLOT_FLOATS: usize = 4;
+
+/// The scalars of one FP8 attention call, in slot order (see [`Buffers::attention_scalar`]).
+#[derive(Clone, Copy, Debug)]
+pub enum AttentionScalar {
+    /// `1 / o_scale`: cuDNN multiplies O by its scale, lancet's scales divide.
+    ScaleO,
+    /// `p_scale`, applied to probabilities before their e4m3 rounding.
+    ScaleS,
+    /// `1 / p_scale`, undoing it after P·V.
+    DescaleS,
+    /// max |P|, which cuDNN records and lancet does not use (P lies in [0, 1]).
+    AmaxS,
+}
+
 /// Every buffer of a plan on the device, by buffer id.
 pub struct Buffers {
     /// Device address of each buffer's first byte.
@@ -29,6 +47,26 @@ pub struct Buffers {
     _owned: Vec<CudaSlice<u8>>,
     amax: CudaSlice<f32>,
     amax_base: CUdeviceptr,
+    /// Four scalars per FP8 attention step, by the step's order among them (addressed through
+    /// `scalars_base`).
+    _scalars: CudaSlice<f32>,
+    scalars_base: CUdeviceptr,
+}
+
+fn alloc_f32(
+    device: &Device,
+    len: usize,
+    what: &'static str,
+) -> crate::Result<(CudaSlice<f32>, CUdeviceptr)> {
+    let slice = device
+        .stream()
+        .alloc_zeros::<f32>(len.max(1))
+        .map_err(|e| crate::Error::from(DeviceError::Driver { what, source: e }))?;
+    let base = {
+        let (base, _sync) = slice.device_ptr(device.stream());
+        base
+    };
+    Ok((slice, base))
 }
 
 fn alloc(device: &Device, bytes: usize, what: &str) -> crate::Result<CudaSlice<u8>> {
@@ -72,24 +110,28 @@ impl Buffers {
                 }
             }
         }
-        let amax = device
-            .stream()
-            .alloc_zeros::<f32>(plan.amax_slots.len().max(1))
-            .map_err(|e| {
-                crate::Error::from(DeviceError::Driver {
-                    what: "allocating amax slots",
-                    source: e,
-                })
-            })?;
-        let amax_base = {
-            let (base, _sync) = amax.device_ptr(device.stream());
-            base
-        };
+        let (amax, amax_base) = alloc_f32(
+            device,
+            plan.amax_slots.len() * SLOT_FLOATS,
+            "allocating amax slots",
+        )?;
+        let fp8_attention = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Attention(a) if a.fp8.is_some()))
+            .count();
+        let (scalars, scalars_base) = alloc_f32(
+            device,
+            fp8_attention * 4 * SLOT_FLOATS,
+            "allocating attention scalars",
+        )?;
         Ok(Buffers {
             base,
             _owned: owned,
             amax_base,
             amax,
+            _scalars: scalars,
+            scalars_base,
         })
     }
 
@@ -104,7 +146,49 @@ impl Buffers {
     }
 
     pub fn amax_address(&self, slot: usize) -> CUdeviceptr {
-        self.amax_base + (slot * 4) as u64
+        self.amax_base + (slot * SLOT_FLOATS * 4) as u64
+    }
+
+    /// The device address of scalar `which` of the `n`-th FP8 attention step.
+    pub fn attention_scalar(&self, n: usize, which: AttentionScalar) -> CUdeviceptr {
+        self.scalars_base + ((n * 4 + which as usize) * SLOT_FLOATS * 4) as u64
+    }
+
+    /// Sets the scalars of the `n`-th FP8 attention step from its O scale and P scale.
+    pub fn set_attention_scalars(
+        &self,
+        device: &Device,
+        n: usize,
+        o_scale: f32,
+        p_scale: f32,
+    ) -> crate::Result<()> {
+        for (which, value) in [
+            (AttentionScalar::ScaleO, 1.0 / o_scale),
+            (AttentionScalar::ScaleS, p_scale),
+            (AttentionScalar::DescaleS, 1.0 / p_scale),
+        ] {
+            let bytes = value.to_ne_bytes();
+            // SAFETY: the address is a slot of this allocation; the copy from pageable host
+            // memory completes before the call returns.
+            unsafe {
+                result::memcpy_htod_async(
+                    self.attention_scalar(n, which),
+                    &bytes,
+                    device.stream().cu_stream(),
+                )
+            }
+            .map_err(|e| DeviceError::Driver {
+                what: "setting attention scales",
+                source: e,
+            })?;
+        }
+        device.stream().synchronize().map_err(|e| {
+            DeviceError::Driver {
+                what: "setting attention scales",
+                source: e,
+            }
+            .into()
+        })
     }
 
     /// Copies `value` into buffer `id`, checking its size.
@@ -161,14 +245,16 @@ impl Buffers {
         Ok(decode(buffer.dtype, &bytes))
     }
 
+    /// The amax of every slot, in slot order.
     pub fn download_amax(&self, device: &Device) -> crate::Result<Vec<f32>> {
-        device.stream().clone_dtoh(&self.amax).map_err(|e| {
-            DeviceError::Driver {
+        let padded = device
+            .stream()
+            .clone_dtoh(&self.amax)
+            .map_err(|e| DeviceError::Driver {
                 what: "reading amax",
                 source: e,
-            }
-            .into()
-        })
+            })?;
+        Ok(padded.into_iter().step_by(SLOT_FLOATS).collect())
     }
 
     pub fn reset_amax(&self, device: &Device) -> crate::Result<()> {

@@ -16,19 +16,20 @@ use std::time::Instant;
 
 use cudarc::driver::{CudaFunction, CudaGraph, CudaModule, LaunchConfig, PushKernelArg};
 use lancet_compiler::ir::{DType, Op, Operand};
-use lancet_compiler::lower::{AttentionStep, BufferKind, Plan, Step, View};
+use lancet_compiler::lower::{AttentionStep, BufferKind, GemmStep, Plan, Step, View};
 use lancet_compiler::reference::{Array, Bindings};
 use thiserror::Error;
 
 use crate::attention::{
-    AttentionLayout, AttentionPlan, AttentionPlans, AttentionPointers, AttentionShape, AttentionSpec,
+    AttentionLayout, AttentionPlan, AttentionPlans, AttentionPointers, AttentionPrecision, AttentionShape,
+    AttentionSpec, Fp8Pointers,
 };
 use crate::cublaslt::{GemmPlan, GemmPointers, GemmSpec, Gemms, ScalePointers};
 use crate::device::Device;
 use crate::jit::Compilation;
 pub use host::{decode, encode};
 pub use init::{DeviceParams, InitKernels, InitSource};
-pub use memory::{Buffers, OutOfMemory};
+pub use memory::{AttentionScalar, Buffers, OutOfMemory};
 
 #[derive(Debug, Error)]
 pub enum ExecError {
@@ -198,6 +199,19 @@ impl<'d> Executable<'d> {
         Self::prepare(device, plan, params, None, fast_accum, attention, &gemms)?.finish(cubins)
     }
 
+    /// Chooses (or restores from disk) the algorithm of every GEMM of `plan`, so that
+    /// [`prepare`](Self::prepare) finds them made. Tuning times candidates on the handle's own
+    /// stream and needs no weights, so callers run it on a thread while the weights are made and
+    /// the attention plans built.
+    pub fn tune_gemms(gemms: &Gemms, plan: &Plan, fast_accum: bool) -> crate::Result<()> {
+        for (i, step) in plan.steps.iter().enumerate() {
+            if let Step::Gemm(g) = step {
+                gemm_plan(gemms, i, g, fast_accum)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Builds (or restores from disk) the plan of every attention step of `plan`, returning the
     /// plans and the milliseconds it took. With a cold cache this is the slowest part of getting
     /// ready (cuDNN compiles a kernel per plan, about a second), and it needs neither the weights
@@ -292,19 +306,7 @@ impl<'d> Executable<'d> {
                 }
                 Step::Gemm(g) => {
                     let t = Instant::now();
-                    let spec = if g.x.dtype.is_fp8() {
-                        GemmSpec::fp8(g.m, g.n, g.k)
-                    } else {
-                        GemmSpec::bf16(g.m, g.n, g.k)
-                    }
-                    .with_ldx(g.ldx)
-                    .with_residual(g.residual.is_some())
-                    .with_fast_accum(fast_accum && g.x.dtype.is_fp8());
-                    let plan_for = gemms.get(&spec).map_err(|e| ExecError::Step {
-                        step: i,
-                        what: format!("gemm '{}'", g.node),
-                        problem: e.to_string(),
-                    })?;
+                    let plan_for = gemm_plan(gemms, i, g, fast_accum)?;
                     times.gemm_tuning_ms += ms(t);
                     Pending::Ready(Launch::Gemm {
                         plan: plan_for,
@@ -324,6 +326,20 @@ impl<'d> Executable<'d> {
                     let t = Instant::now();
                     let lookup = attention.get(&step_spec(i, a)?)?;
                     times.attention_plans_ms += ms(t);
+                    let fp8 = a.fp8.as_ref().map(|s| {
+                        let n = fp8_attention_index(&plan, i);
+                        let scalar = |which| buffers.attention_scalar(n, which);
+                        Fp8Pointers {
+                            descale_q: buffers.address(&s.q),
+                            descale_k: buffers.address(&s.k),
+                            descale_v: buffers.address(&s.v),
+                            descale_s: scalar(AttentionScalar::DescaleS),
+                            scale_s: scalar(AttentionScalar::ScaleS),
+                            scale_o: scalar(AttentionScalar::ScaleO),
+                            amax_s: scalar(AttentionScalar::AmaxS),
+                            amax_o: buffers.amax_address(s.amax_slot),
+                        }
+                    });
                     Pending::Ready(Launch::Attention {
                         plan: lookup.plan,
                         pointers: AttentionPointers {
@@ -331,6 +347,7 @@ impl<'d> Executable<'d> {
                             k: buffers.address(&a.k),
                             v: buffers.address(&a.v),
                             o: buffers.address(&a.o),
+                            fp8,
                         },
                         scale: a.scale,
                     })
@@ -338,6 +355,7 @@ impl<'d> Executable<'d> {
             };
             launches.push(launch);
         }
+        set_attention_scalars(device, &plan, &buffers)?;
         Ok(Prepared {
             device,
             plan,
@@ -608,6 +626,7 @@ impl<'d> Executable<'d> {
             out.push((name, scale));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
+        set_attention_scalars(self.device, &self.plan, &self.buffers)?;
         Ok(out)
     }
 
@@ -631,18 +650,46 @@ impl<'d> Executable<'d> {
                 }
             }
         }
+        for step in &self.plan.steps {
+            if let Step::Attention(AttentionStep { fp8: Some(s), o, .. }) = step {
+                targets[s.amax_slot] = (s.o.buffer, o.dtype);
+            }
+        }
         targets
     }
 }
 
+/// The GEMM plan of step `i`, tuned on first use.
+fn gemm_plan(gemms: &Gemms, i: usize, g: &GemmStep, fast_accum: bool) -> crate::Result<Arc<GemmPlan>> {
+    let spec = if g.x.dtype.is_fp8() {
+        GemmSpec::fp8(g.m, g.n, g.k)
+    } else {
+        GemmSpec::bf16(g.m, g.n, g.k)
+    }
+    .with_ldx(g.ldx)
+    .with_residual(g.residual.is_some())
+    .with_fast_accum(fast_accum && g.x.dtype.is_fp8());
+    gemms.get(&spec).map_err(|e| {
+        ExecError::Step {
+            step: i,
+            what: format!("gemm '{}'", g.node),
+            problem: e.to_string(),
+        }
+        .into()
+    })
+}
+
 /// The checked attention spec of step `i`.
 fn step_spec(i: usize, a: &AttentionStep) -> crate::Result<AttentionSpec> {
-    let spec = attention_spec(
+    let mut spec = attention_spec(
         a.q.shape.as_slice(),
         a.k.shape[1],
         [&a.q, &a.k, &a.v, &a.o],
         a.causal,
     );
+    if a.fp8.is_some() {
+        spec.precision = AttentionPrecision::Fp8;
+    }
     spec.validate().map_err(|e| ExecError::Step {
         step: i,
         what: format!("attention '{}'", a.node),
@@ -669,5 +716,29 @@ fn attention_spec(q_shape: &[usize], kv_heads: usize, views: [&View; 4], causal:
             o: strides(views[3]),
         },
         causal,
+        precision: AttentionPrecision::Bf16,
     }
+}
+
+/// Which FP8 attention step (counting only those) step `i` of `plan` is.
+fn fp8_attention_index(plan: &Plan, i: usize) -> usize {
+    plan.steps[..i]
+        .iter()
+        .filter(|s| matches!(s, Step::Attention(a) if a.fp8.is_some()))
+        .count()
+}
+
+/// Writes every FP8 attention step's scalars from the O scale the device holds now: after the
+/// parameters are made, and again whenever calibration changes a scale.
+fn set_attention_scalars(device: &Device, plan: &Plan, buffers: &Buffers) -> crate::Result<()> {
+    let steps = plan.steps.iter().filter_map(|s| match s {
+        Step::Attention(AttentionStep { fp8: Some(s), .. }) => Some(s),
+        _ => None,
+    });
+    for (n, s) in steps.enumerate() {
+        let o = s.o.buffer;
+        let o_scale = buffers.download(device, o, &plan.buffers[o])?[0];
+        buffers.set_attention_scalars(device, n, o_scale, s.p_scale)?;
+    }
+    Ok(())
 }
