@@ -10,7 +10,6 @@ use lancet_compiler::ir::Graph;
 use lancet_compiler::reference::Bindings;
 use lancet_compiler::weights::{constant_params, random_inputs, random_params};
 use lancet_runtime::cublaslt::Gemms;
-use lancet_runtime::cudnn::{Library, Version};
 use lancet_runtime::device::Device;
 use lancet_runtime::exec::{DeviceParams, Executable, InitKernels, InitSource};
 use lancet_runtime::jit;
@@ -26,25 +25,6 @@ pub fn arch_of(device: &Device) -> String {
     } else {
         format!("sm_{major}{minor}")
     }
-}
-
-/// The first cuDNN lancet knows to compute FP8 attention correctly. 9.14 (as Ubuntu packages it)
-/// runs the FP8 graph at head_dim 64 without any error and returns results off by a relative L2
-/// of 1.6–5.4 at sequence 2048; 9.19 (PyTorch's pip wheel) is right on the same machine.
-const FP8_ATTENTION_CUDNN: Version = Version(91900);
-
-/// Why attention should default to bf16 here, if it should: the cuDNN this process loads (see
-/// `LANCET_CUDNN`) predates [`FP8_ATTENTION_CUDNN`]. With no cuDNN at all nothing is said:
-/// compiling needs none, and running fails anyway, naming the library.
-pub fn fp8_attention_blocker() -> Option<String> {
-    let found = Library::get().ok()?.version();
-    (found < FP8_ATTENTION_CUDNN).then(|| {
-        format!(
-            "cuDNN {found} predates {FP8_ATTENTION_CUDNN}, the first known to compute FP8 attention \
-             correctly (9.14 is wrong at head_dim 64); point LANCET_CUDNN at a newer cuDNN's folder \
-             (e.g. pip's nvidia-cudnn-cu13) for FP8 attention"
-        )
-    })
 }
 
 /// Where a model's parameters and inputs come from: a checkpoint and an input file, or random

@@ -151,7 +151,7 @@ impl ModelArgs {
             }
             (Some(AttentionArg::Fp8), Precision::Fp8) => AttentionPrecision::Fp8,
             (Some(AttentionArg::Bf16), _) | (None, Precision::Bf16) => AttentionPrecision::Bf16,
-            (None, Precision::Fp8) => match lancet::session::fp8_attention_blocker() {
+            (None, Precision::Fp8) => match lancet_runtime::attention::fp8_attention_blocker() {
                 None => AttentionPrecision::Fp8,
                 Some(why) => {
                     eprintln!("lancet: note: bf16 attention: {why}");

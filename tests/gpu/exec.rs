@@ -4,11 +4,12 @@
 //! (the support module's seed).
 
 use lancet::pipeline::CompileOptions;
-use lancet::session::{fp8_attention_blocker, open, Data, SessionOptions};
+use lancet::session::{open, Data, SessionOptions};
 use lancet_compiler::ir::{Builder, DType, GeluApprox, Graph, Init, RopeStyle};
 use lancet_compiler::models::{AttentionPrecision, LlamaConfig, Precision};
 use lancet_compiler::reference::{evaluate, Bindings};
 use lancet_compiler::rewrite::Options;
+use lancet_runtime::attention::fp8_attention_blocker;
 use libtest_mimic::{Completion, Failed, Trial};
 
 use crate::support::{device, fail, gpu_present, gpu_trial, seed, within};

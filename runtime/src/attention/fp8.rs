@@ -21,6 +21,7 @@ use lancet_compiler::reference::numerics::round_to;
 
 use super::plan::Fp8Pointers;
 use crate::device::DeviceError;
+use crate::exec::host::{fp8_bits, fp8_value};
 use crate::Result;
 
 /// The scale factors of FP8 attention calls, as host values (see the module docs for where
@@ -112,35 +113,16 @@ impl Fp8Scalars {
 }
 
 /// The e4m3 bits of `x`, rounded to nearest even and saturated to ±448 (e4m3 has no
-/// infinities, as `__NV_SATFINITE` does on the device); NaN is `0x7F`.
+/// infinities, as `__NV_SATFINITE` does on the device); NaN is `0x7F`. One element of
+/// [`encode`](crate::exec::encode).
 pub fn e4m3_from_f32(x: f32) -> u8 {
-    if x.is_nan() {
-        return 0x7f;
-    }
-    let r = round_to(DType::F8E4M3, x);
-    let sign = if r.is_sign_negative() { 0x80 } else { 0 };
-    let a = r.abs();
-    let exponent = ((a.to_bits() >> 23) as i32) - 127;
-    if a == 0.0 {
-        sign
-    } else if exponent < -6 {
-        // Subnormal: a multiple of 2^-9, which the rounding made exact.
-        sign | (a * 512.0) as u8
-    } else {
-        sign | (((exponent + 7) as u8) << 3) | ((a.to_bits() >> 20) & 7) as u8
-    }
+    fp8_bits(round_to(DType::F8E4M3, x), 3, 7)
 }
 
-/// The value of e4m3 `bits` (`S.1111.111` is NaN; there are no infinities).
+/// The value of e4m3 `bits` (`S.1111.111` is NaN; there are no infinities). One element of
+/// [`decode`](crate::exec::decode).
 pub fn e4m3_to_f32(bits: u8) -> f32 {
-    let sign = if bits & 0x80 != 0 { -1.0 } else { 1.0 };
-    let (exponent, mantissa) = (((bits >> 3) & 0xf) as i32, (bits & 7) as f32);
-    let magnitude = match exponent {
-        15 if bits & 7 == 7 => f32::NAN,
-        0 => mantissa / 512.0,
-        e => (1.0 + mantissa / 8.0) * 2f32.powi(e - 7),
-    };
-    sign * magnitude
+    fp8_value(bits, 3, 7, false)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ mod spec;
 
 pub use fp8::{e4m3_from_f32, e4m3_to_f32, Fp8Scalars, Fp8Scales};
 pub use plan::{AttentionPlan, AttentionPointers, BoundAttention, Fp8Pointers};
-pub use plans::{AttentionPlans, PlanLookup, PlanSource};
+pub use plans::{fp8_attention_blocker, AttentionPlans, PlanLookup, PlanSource};
 pub use spec::{
     AttentionLayout, AttentionPrecision, AttentionShape, AttentionSpec, SpecError, Strides, Tensor,
 };

@@ -14,9 +14,26 @@ use super::check::check_fp8;
 use super::graph::sdpa_forward;
 use super::plan::AttentionPlan;
 use super::spec::{AttentionPrecision, AttentionSpec};
-use crate::cudnn::{BuildTimes, ExecutionPlan, Handle, Lookup, PlanKey, PlanStore, StoredPlan};
+use crate::cudnn::{
+    BuildTimes, ExecutionPlan, Handle, Library, Lookup, PlanKey, PlanStore, StoredPlan, Version,
+};
 use crate::device::{Device, DeviceInfo};
 use crate::Result;
+
+/// Why attention should default to bf16 in this process, if it should: the cuDNN it loads (see
+/// `LANCET_CUDNN`) predates [`Version::FP8_ATTENTION_KNOWN_RIGHT`]. With no cuDNN at all nothing
+/// is said: compiling needs none, and running fails anyway, naming the library.
+pub fn fp8_attention_blocker() -> Option<String> {
+    let found = Library::get().ok()?.version();
+    let right = Version::FP8_ATTENTION_KNOWN_RIGHT;
+    (found < right).then(|| {
+        format!(
+            "cuDNN {found} predates {right}, the first known to compute FP8 attention correctly \
+             (9.14 is wrong at head_dim 64); point LANCET_CUDNN at a newer cuDNN's folder (e.g. \
+             pip's nvidia-cudnn-cu13) for FP8 attention"
+        )
+    })
+}
 
 /// Where a plan came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,9 +108,6 @@ impl AttentionPlans {
         }
         spec.validate()?;
         let version = self.handle.library().version();
-        if spec.precision == AttentionPrecision::Fp8 {
-            version.check_fp8_attention()?;
-        }
         let graph = sdpa_forward(spec);
         let what = spec.to_string();
         let key = PlanKey::new(version, &self.device, &graph);

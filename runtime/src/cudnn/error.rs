@@ -38,19 +38,12 @@ impl Version {
         Err(CudnnError::Unsupported { found: self, reason })
     }
 
-    /// Refuses versions on which NVIDIA's frontend declines FP8 fused attention forward: before
-    /// 9.1.0 it does not exist, and 9.10.0 is excluded as broken. (Passing this is not enough:
-    /// 9.14 builds FP8 plans that compute head_dim 64 wrongly, which only a run can reveal.)
-    pub fn check_fp8_attention(self) -> Result<(), CudnnError> {
-        let reason = if self < Self::MINIMUM {
-            "FP8 fused attention needs cuDNN 9.1.0 or newer"
-        } else if self.0 == 91000 {
-            "NVIDIA's frontend declines FP8 fused attention on cuDNN 9.10.0; use 9.10.2 or newer"
-        } else {
-            return Ok(());
-        };
-        Err(CudnnError::Unsupported { found: self, reason })
-    }
+    /// The first cuDNN lancet knows to compute FP8 attention correctly. 9.14 (as Ubuntu packages
+    /// it) runs the FP8 graph at head_dim 64 without any error and returns results off by a
+    /// relative L2 of 1.6–5.4 at sequence 2048; 9.19 (PyTorch's pip wheel) is right on the same
+    /// machine. (Versions NVIDIA's frontend declines FP8 attention on, before 9.1.0 and 9.10.0,
+    /// are refused at load already.)
+    pub const FP8_ATTENTION_KNOWN_RIGHT: Version = Version(91900);
 }
 
 impl fmt::Display for Version {
@@ -139,17 +132,6 @@ mod tests {
         assert!(err.contains("9.10.1"), "{err}");
         assert!(Version(91002).check_supported().is_ok());
         assert!(Version(91400).check_supported().is_ok());
-    }
-
-    #[test]
-    fn fp8_attention_refuses_what_the_frontend_declines() {
-        for (version, needle) in [(90002, "9.0.2"), (91000, "9.10.0")] {
-            let err = Version(version).check_fp8_attention().unwrap_err().to_string();
-            assert!(err.contains(needle) && err.contains("FP8"), "{err}");
-        }
-        for version in [90100, 91001, 91400, 91900] {
-            assert!(Version(version).check_fp8_attention().is_ok(), "{version}");
-        }
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
 
 /// The bit pattern of an FP8 value `x` (already representable) with `m` mantissa bits and
 /// exponent `bias`.
-fn fp8_bits(x: f32, m: u32, bias: i32) -> u8 {
+pub(crate) fn fp8_bits(x: f32, m: u32, bias: i32) -> u8 {
     let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
     if x.is_nan() {
         return 0x7f;
@@ -85,7 +85,7 @@ fn fp8_bits(x: f32, m: u32, bias: i32) -> u8 {
 
 /// The value of FP8 bits `b` with `m` mantissa bits and exponent `bias`; e5m2 (`ieee`) has
 /// infinities and NaNs at the top exponent, e4m3 only NaN at `S.1111.111`.
-fn fp8_value(b: u8, m: u32, bias: i32, ieee: bool) -> f32 {
+pub(crate) fn fp8_value(b: u8, m: u32, bias: i32, ieee: bool) -> f32 {
     let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
     let e_bits = 7 - m;
     let exp = ((b >> m) & ((1 << e_bits) - 1) as u8) as i32;

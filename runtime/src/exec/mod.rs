@@ -6,7 +6,7 @@
 //! a loop of launches with no allocation and no host work beyond the calls themselves; that is
 //! also what makes it capturable.
 
-mod host;
+pub(crate) mod host;
 mod init;
 mod memory;
 
@@ -285,6 +285,8 @@ impl<'d> Executable<'d> {
         times.upload_ms = ms(t);
 
         let mut launches = Vec::with_capacity(plan.steps.len());
+        // FP8 attention steps so far: each has its scalars at this index in `buffers`.
+        let mut fp8_attentions = 0;
         for (i, step) in plan.steps.iter().enumerate() {
             let launch = match step {
                 Step::Kernel(k) => {
@@ -327,7 +329,8 @@ impl<'d> Executable<'d> {
                     let lookup = attention.get(&step_spec(i, a)?)?;
                     times.attention_plans_ms += ms(t);
                     let fp8 = a.fp8.as_ref().map(|s| {
-                        let n = fp8_attention_index(&plan, i);
+                        let n = fp8_attentions;
+                        fp8_attentions += 1;
                         let scalar = |which| buffers.attention_scalar(n, which);
                         Fp8Pointers {
                             descale_q: buffers.address(&s.q),
@@ -355,7 +358,10 @@ impl<'d> Executable<'d> {
             };
             launches.push(launch);
         }
-        set_attention_scalars(device, &plan, &buffers)?;
+        // The O scales as the parameters just made hold them.
+        set_attention_scalars(device, &plan, &buffers, |b| {
+            Ok(buffers.download(device, b, &plan.buffers[b])?[0])
+        })?;
         Ok(Prepared {
             device,
             plan,
@@ -613,6 +619,7 @@ impl<'d> Executable<'d> {
             entry.1 = entry.1.max(amax[slot]);
         }
         let mut out = Vec::new();
+        let mut by_buffer = HashMap::new();
         for (buffer, (name, amax, max)) in scales {
             // A quantization point that saw only zeros keeps a harmless unit scale.
             let scale = if amax > 0.0 && amax.is_finite() {
@@ -623,10 +630,12 @@ impl<'d> Executable<'d> {
             let value = Array::scalar(scale);
             self.buffers
                 .upload(self.device, buffer, &self.plan.buffers[buffer], &value, "param")?;
+            by_buffer.insert(buffer, scale);
             out.push((name, scale));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        set_attention_scalars(self.device, &self.plan, &self.buffers)?;
+        // Every FP8 attention's O scale has an amax slot, so it was just set.
+        set_attention_scalars(self.device, &self.plan, &self.buffers, |b| Ok(by_buffer[&b]))?;
         Ok(out)
     }
 
@@ -720,25 +729,20 @@ fn attention_spec(q_shape: &[usize], kv_heads: usize, views: [&View; 4], causal:
     }
 }
 
-/// Which FP8 attention step (counting only those) step `i` of `plan` is.
-fn fp8_attention_index(plan: &Plan, i: usize) -> usize {
-    plan.steps[..i]
-        .iter()
-        .filter(|s| matches!(s, Step::Attention(a) if a.fp8.is_some()))
-        .count()
-}
-
-/// Writes every FP8 attention step's scalars from the O scale the device holds now: after the
-/// parameters are made, and again whenever calibration changes a scale.
-fn set_attention_scalars(device: &Device, plan: &Plan, buffers: &Buffers) -> crate::Result<()> {
+/// Writes every FP8 attention step's scalars from its O scale (`o_scale` of the scale's buffer):
+/// after the parameters are made, and again whenever calibration changes a scale.
+fn set_attention_scalars(
+    device: &Device,
+    plan: &Plan,
+    buffers: &Buffers,
+    o_scale: impl Fn(usize) -> crate::Result<f32>,
+) -> crate::Result<()> {
     let steps = plan.steps.iter().filter_map(|s| match s {
         Step::Attention(AttentionStep { fp8: Some(s), .. }) => Some(s),
         _ => None,
     });
     for (n, s) in steps.enumerate() {
-        let o = s.o.buffer;
-        let o_scale = buffers.download(device, o, &plan.buffers[o])?[0];
-        buffers.set_attention_scalars(device, n, o_scale, s.p_scale)?;
+        buffers.set_attention_scalars(device, n, o_scale(s.o.buffer)?, s.p_scale)?;
     }
     Ok(())
 }
