@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use lancet_compiler::codegen::Kernel;
 use lancet_compiler::ir::Graph;
 use lancet_compiler::lower::{lower_with, LowerOptions, Plan};
 use lancet_compiler::rewrite::{optimize, Options, Report};
@@ -53,11 +54,14 @@ pub struct Compiled {
 
 /// NVRTC on a plan's kernels: the cubins, or why NVRTC is unavailable (after fetching it with pip
 /// when asked). A kernel that fails to compile or spills is an error: a compiler bug.
-pub fn build_kernels(plan: &Plan, options: &CompileOptions) -> anyhow::Result<Result<Compilation, JitError>> {
-    let mut result = jit::compile(&plan.kernels, &options.jit);
+pub fn build_kernels(
+    kernels: &[Kernel],
+    options: &CompileOptions,
+) -> anyhow::Result<Result<Compilation, JitError>> {
+    let mut result = jit::compile(kernels, &options.jit);
     if options.fetch && matches!(result, Err(JitError::Missing(_))) {
         jit::toolkit::fetch_with_pip()?;
-        result = jit::compile(&plan.kernels, &options.jit);
+        result = jit::compile(kernels, &options.jit);
     }
     if let Err(e @ (JitError::Compile { .. } | JitError::Spill { .. })) = &result {
         anyhow::bail!("{e}");
@@ -73,7 +77,7 @@ pub fn compile(graph: &Graph, options: &CompileOptions) -> anyhow::Result<Compil
     let plan = lower_with(&optimized, &LowerOptions { merge_launches })?;
     let t2 = Instant::now();
     let cubins = if options.nvrtc {
-        build_kernels(&plan, options)?
+        build_kernels(&plan.kernels, options)?
     } else {
         Err(JitError::Missing("not requested (--no-nvrtc)".into()))
     };

@@ -2,6 +2,7 @@
 //! `lancet run` and `lancet bench` drive, and what the GPU tests check against the reference.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -10,16 +11,16 @@ use lancet_compiler::ir::Graph;
 use lancet_compiler::reference::Bindings;
 use lancet_compiler::weights::{constant_params, random_inputs, random_params};
 use lancet_runtime::cublaslt::Gemms;
-use lancet_runtime::device::Device;
+use lancet_runtime::device::{compute_capability, Device};
 use lancet_runtime::exec::{DeviceParams, Executable, InitKernels, InitSource};
-use lancet_runtime::jit;
+use lancet_runtime::jit::{self, Compilation, JitError};
+use lancet_runtime::preload::{self, Preload, ReadAhead};
 
 use crate::pipeline::{build_kernels, compile, CompileOptions, Compiled};
 
-/// The NVRTC target for a device: `sm_90a` (architecture-specific features) on Hopper, plain
-/// `sm_XY` elsewhere.
-pub fn arch_of(device: &Device) -> String {
-    let (major, minor) = device.info().compute_capability;
+/// The NVRTC target for compute capability `(major, minor)`: `sm_90a` (architecture-specific
+/// features) on Hopper, plain `sm_XY` elsewhere.
+pub fn arch_of((major, minor): (i32, i32)) -> String {
     if (major, minor) == (9, 0) {
         "sm_90a".into()
     } else {
@@ -75,6 +76,15 @@ pub struct ReadyTimes {
     pub gemm_setup_ms: f64,
     /// How long the main thread waited for that.
     pub gemm_setup_wait_ms: f64,
+    /// How long the compile threads waited for the driver to name the GPU's architecture
+    /// (`cuInit`, which opening the device waits for as well).
+    pub arch_wait_ms: f64,
+    /// From the start of the rewrite to the model's cubins compiled (or read from the cache):
+    /// lancet's own work, with [`LoadTimes::modules_ms`](lancet_runtime::exec::LoadTimes) to load
+    /// them, less `arch_wait_ms` when NVRTC had nothing to compile.
+    pub kernels_compiled_ms: f64,
+    /// The library files read into the page cache from the start, on threads of their own.
+    pub read_ahead: Vec<ReadAhead>,
     /// Inputs uploaded.
     pub inputs_ms: f64,
     pub calibrate_ms: f64,
@@ -127,8 +137,8 @@ pub struct SessionOptions {
 }
 
 /// Compiles `graph` for `device`, loads it with `data`'s weights (random ones from the seed when
-/// it has none), calibrates FP8 scales and captures the CUDA graph. `progress` hears the name of
-/// each phase as it starts.
+/// it has none), calibrates FP8 scales and captures the CUDA graph: [`start`], then
+/// [`Startup::finish`]. `progress` hears the name of each phase as it starts.
 pub fn open<'d>(
     device: &'d Device,
     graph: &Graph,
@@ -136,132 +146,245 @@ pub fn open<'d>(
     options: &SessionOptions,
     progress: &dyn Fn(&str),
 ) -> Result<Session<'d>> {
+    start(graph, data, options, device.info().ordinal)?.finish(device, progress)
+}
+
+/// A session under way before its device is open: the plan, and the threads compiling its kernels
+/// and loading the libraries it will call.
+pub struct Startup {
+    compiled: Compiled,
+    data: Data,
+    options: SessionOptions,
+    /// When the rewrite began: lancet's own work is measured from here.
+    began: Instant,
+    kernels: Compiling,
+    init: Compiling,
+    libraries: Preload,
+}
+
+/// A compilation on its own thread: the architecture it compiled for, the cubins (or why NVRTC
+/// is unavailable), how long it waited for the driver to say the architecture, and when it was
+/// done.
+type Compiling = JoinHandle<Result<Built>>;
+
+/// What a compile thread hands back.
+struct Built {
+    arch: String,
+    cubins: std::result::Result<Compilation, JitError>,
+    arch_wait_ms: f64,
+    done: Instant,
+}
+
+/// Starts a session on device `ordinal` without waiting for the device: rewrites and lowers
+/// `graph` here, then compiles its kernels and the weight program with NVRTC, and loads cuDNN and
+/// cuBLASLt, on threads of their own. None of that needs a CUDA context, which takes a quarter of
+/// a second to make: the caller opens the device meanwhile and hands it to [`Startup::finish`].
+pub fn start(graph: &Graph, data: &Data, options: &SessionOptions, ordinal: usize) -> Result<Startup> {
     if let Some(checkpoint) = &data.checkpoint {
         // Every weight found, float and of the right shape, before any work starts.
         checkpoint.check(graph)?;
     }
-    let mut compile_options = options.compile.clone();
-    compile_options.jit.arch = arch_of(device);
-    // Rewrite and lower here; NVRTC runs on another thread while the weights are made and the
-    // library plans are built, since none of those needs the cubins.
-    progress("rewriting and lowering");
-    let mut compiled = compile(
+    let began = Instant::now();
+    let compiled = compile(
         graph,
         &CompileOptions {
             nvrtc: false,
-            ..compile_options.clone()
+            ..options.compile.clone()
         },
     )?;
-    let mut ready = ReadyTimes::default();
-    let (mut exe, inputs, cubins, nvrtc_ms) = std::thread::scope(|scope| -> Result<_> {
-        let plan = &compiled.plan;
-        let nvrtc = scope.spawn(|| {
-            let t = Instant::now();
-            build_kernels(plan, &compile_options).map(|cubins| (cubins, t.elapsed().as_secs_f64() * 1e3))
-        });
-        // cuDNN compiles a kernel per attention plan (about a second on a cold cache): on a
-        // third thread, alongside the weights.
-        let attention = scope.spawn(|| Executable::attention_plans(device, plan));
-        // Loading cuBLASLt (a large library) is CPU work too, and choosing GEMM algorithms
-        // times candidates on a stream of cuBLASLt's own, on scratch data: neither needs the
-        // weights, so both run on a thread of their own.
-        let gemms = scope.spawn(|| {
-            let t = Instant::now();
-            let gemms = Gemms::new(device)?;
-            Executable::tune_gemms(&gemms, plan, options.fast_accum)?;
-            anyhow::Ok((gemms, t.elapsed().as_secs_f64() * 1e3))
-        });
-        // Weights are made on the GPU (drawn, or a checkpoint's converted there), by a fixed
-        // program NVRTC compiles meanwhile.
-        let init = scope.spawn(|| jit::compile(&[InitSource], &compile_options.jit));
-        let t = Instant::now();
-        progress("compiling the weight initialisation");
-        let (params, kernels) = match init.join().expect("the init thread does not panic") {
-            // The host gives the constants (activation scales, and norm gains a checkpoint
-            // overrides); the device makes the rest.
-            Ok(compilation) => (
-                constant_params(graph),
-                Some(InitKernels::load(device, &compilation)?),
-            ),
-            // Without NVRTC (yet: the other thread may be fetching it), all on the host: slower,
-            // and a checkpoint then passes through host memory in f32.
-            Err(e) => {
-                eprintln!("lancet: warning: making the weights on the host: the weight program did not compile: {e}");
-                progress("making the weights on the host");
-                (data.params(graph, options.seed)?, None)
-            }
-        };
-        ready.weights_on_device = kernels.is_some();
-        let on_device = kernels.as_ref().map(|k| {
-            let source = match &data.checkpoint {
-                Some(checkpoint) => DeviceParams::Checkpoint(checkpoint),
-                None => DeviceParams::Random { seed: options.seed },
-            };
-            (k, source)
-        });
-        let inputs = data.inputs(graph, options.seed + 1);
-        ready.weights_ms = t.elapsed().as_secs_f64() * 1e3;
-        progress("building attention plans");
-        let t = Instant::now();
-        let (attention, attention_ms) = attention.join().expect("the attention thread does not panic")?;
-        ready.attention_wait_ms = t.elapsed().as_secs_f64() * 1e3;
-        ready.attention_build_ms = attention_ms;
-        progress("loading cuBLASLt, choosing GEMM algorithms");
-        let t = Instant::now();
-        let (gemms, gemm_setup_ms) = gemms.join().expect("the cuBLASLt thread does not panic")?;
-        ready.gemm_setup_wait_ms = t.elapsed().as_secs_f64() * 1e3;
-        ready.gemm_setup_ms = gemm_setup_ms;
-        progress("uploading weights");
-        let prepared = Executable::prepare(
-            device,
-            plan.clone(),
-            &params,
-            on_device,
-            options.fast_accum,
-            attention,
-            &gemms,
-        )?;
-        progress("waiting for NVRTC");
-        let t = Instant::now();
-        let (cubins, nvrtc_ms) = nvrtc.join().expect("the NVRTC thread does not panic")?;
-        ready.nvrtc_wait_ms = t.elapsed().as_secs_f64() * 1e3;
-        let exe = {
-            let compilation = cubins
-                .as_ref()
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("running on the GPU needs NVRTC")?;
-            prepared.finish(compilation)?
-        };
-        Ok((exe, inputs, cubins, nvrtc_ms))
-    })?;
-    compiled.cubins = cubins;
-    compiled.phases.nvrtc_ms = nvrtc_ms;
-    ready.load = exe.load_times.clone();
-    let t = Instant::now();
-    exe.set_inputs(&inputs)?;
-    ready.inputs_ms = t.elapsed().as_secs_f64() * 1e3;
-
-    progress("calibrating FP8 scales");
-    let t = Instant::now();
-    let quantizing = !compiled.plan.amax_slots.is_empty();
-    for _ in 0..if quantizing { options.calibration_passes } else { 0 } {
-        exe.reset_amax()?;
-        exe.run()?;
-        exe.rescale_from_amax()?;
+    let plan = &compiled.plan;
+    // On a machine that has not loaded them since it booted, the libraries come off the disk:
+    // read them into the page cache now, while the device opens.
+    let mut files = preload::nvrtc_files();
+    if plan.attentions() > 0 {
+        files.extend(preload::cudnn_files());
     }
-    // One uncaptured pass also lets each library finish its lazy set-up before capture.
-    exe.run()?;
-    exe.synchronize()?;
-    ready.calibrate_ms = t.elapsed().as_secs_f64() * 1e3;
-
-    if options.cuda_graph {
-        progress("capturing the CUDA graph");
-        ready.capture_ms = exe.capture()?;
-    }
-    Ok(Session {
+    let libraries = preload::start(files);
+    let kernels = plan.kernels.clone();
+    let compile_options = options.compile.clone();
+    let kernels = on_thread(ordinal, compile_options.clone(), move |options| {
+        build_kernels(&kernels, options)
+    });
+    // Weights are made on the GPU (drawn, or a checkpoint's converted there) by a fixed program.
+    let init = on_thread(ordinal, compile_options, |options| {
+        Ok(jit::compile(&[InitSource], &options.jit))
+    });
+    Ok(Startup {
         compiled,
-        exe,
-        inputs,
-        ready,
+        data: data.clone(),
+        options: options.clone(),
+        began,
+        kernels,
+        init,
+        libraries,
     })
+}
+
+/// Runs `compile` on a thread of its own once the driver has said which architecture device
+/// `ordinal` is (`cuInit`, a tenth of a second, which the device's opening waits for too).
+fn on_thread(
+    ordinal: usize,
+    mut options: CompileOptions,
+    compile: impl FnOnce(&CompileOptions) -> Result<std::result::Result<Compilation, JitError>> + Send + 'static,
+) -> Compiling {
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        options.jit.arch = arch_of(compute_capability(ordinal)?);
+        let arch_wait_ms = ms(t);
+        let cubins = compile(&options)?;
+        Ok(Built {
+            arch: options.jit.arch,
+            cubins,
+            arch_wait_ms,
+            done: Instant::now(),
+        })
+    })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The result of a compile thread, checked to be for `device`'s architecture.
+fn joined(thread: Compiling, device: &Device) -> Result<Built> {
+    let compiled = thread.join().expect("compile threads do not panic")?;
+    let arch = arch_of(device.info().compute_capability);
+    anyhow::ensure!(
+        compiled.arch == arch,
+        "kernels were compiled for {} but device {} is {arch}",
+        compiled.arch,
+        device.info()
+    );
+    Ok(compiled)
+}
+
+impl Startup {
+    /// Loads the session on `device` (the one [`start`] was given the ordinal of): makes the
+    /// weights, builds the attention plans and chooses GEMM algorithms (on threads of their own),
+    /// loads the cubins, calibrates FP8 scales and captures the CUDA graph.
+    pub fn finish<'d>(self, device: &'d Device, progress: &dyn Fn(&str)) -> Result<Session<'d>> {
+        let Startup {
+            mut compiled,
+            data,
+            options,
+            began,
+            kernels,
+            init,
+            libraries,
+        } = self;
+        let graph = &compiled.optimized;
+        let mut ready = ReadyTimes::default();
+        let (mut exe, inputs, cubins, nvrtc_ms) = std::thread::scope(|scope| -> Result<_> {
+            let plan = &compiled.plan;
+            // cuDNN compiles a kernel per attention plan (about a second on a cold cache): on a
+            // thread of its own, alongside the weights.
+            let attention = scope.spawn(|| Executable::attention_plans(device, plan));
+            // Choosing GEMM algorithms times candidates on a stream of cuBLASLt's own, on scratch
+            // data: no need for the weights, so on a thread of its own too.
+            let gemms = scope.spawn(|| {
+                let t = Instant::now();
+                let gemms = Gemms::new(device)?;
+                Executable::tune_gemms(&gemms, plan, options.fast_accum)?;
+                anyhow::Ok((gemms, ms(t)))
+            });
+            let t = Instant::now();
+            progress("compiling the weight initialisation");
+            let init = joined(init, device)?;
+            let (params, kernels_loaded) = match init.cubins {
+                // The host gives the constants (activation scales, and norm gains a checkpoint
+                // overrides); the device makes the rest.
+                Ok(compilation) => (
+                    constant_params(graph),
+                    Some(InitKernels::load(device, &compilation)?),
+                ),
+                // Without NVRTC (yet: the other thread may be fetching it), all on the host:
+                // slower, and a checkpoint then passes through host memory in f32.
+                Err(e) => {
+                    eprintln!("lancet: warning: making the weights on the host: the weight program did not compile: {e}");
+                    progress("making the weights on the host");
+                    (data.params(graph, options.seed)?, None)
+                }
+            };
+            ready.weights_on_device = kernels_loaded.is_some();
+            let on_device = kernels_loaded.as_ref().map(|k| {
+                let source = match &data.checkpoint {
+                    Some(checkpoint) => DeviceParams::Checkpoint(checkpoint),
+                    None => DeviceParams::Random { seed: options.seed },
+                };
+                (k, source)
+            });
+            let inputs = data.inputs(graph, options.seed + 1);
+            ready.weights_ms = ms(t);
+            progress("building attention plans");
+            let t = Instant::now();
+            let (attention, attention_ms) = attention.join().expect("the attention thread does not panic")?;
+            ready.attention_wait_ms = ms(t);
+            ready.attention_build_ms = attention_ms;
+            progress("loading cuBLASLt, choosing GEMM algorithms");
+            let t = Instant::now();
+            let (gemms, gemm_setup_ms) = gemms.join().expect("the cuBLASLt thread does not panic")?;
+            ready.gemm_setup_wait_ms = ms(t);
+            ready.gemm_setup_ms = gemm_setup_ms;
+            progress("uploading weights");
+            let prepared = Executable::prepare(
+                device,
+                plan.clone(),
+                &params,
+                on_device,
+                options.fast_accum,
+                attention,
+                &gemms,
+            )?;
+            progress("waiting for NVRTC");
+            let t = Instant::now();
+            let kernels = joined(kernels, device)?;
+            ready.nvrtc_wait_ms = ms(t);
+            ready.arch_wait_ms = kernels.arch_wait_ms;
+            ready.kernels_compiled_ms = (kernels.done - began).as_secs_f64() * 1e3;
+            let exe = {
+                let compilation = kernels
+                    .cubins
+                    .as_ref()
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .context("running on the GPU needs NVRTC")?;
+                prepared.finish(compilation)?
+            };
+            let nvrtc_ms = ready.kernels_compiled_ms
+                - compiled.phases.rewrite_ms
+                - compiled.phases.lower_codegen_ms
+                - kernels.arch_wait_ms;
+            Ok((exe, inputs, kernels.cubins, nvrtc_ms))
+        })?;
+        ready.read_ahead = libraries.join();
+        compiled.cubins = cubins;
+        compiled.phases.nvrtc_ms = nvrtc_ms;
+        ready.load = exe.load_times.clone();
+        let t = Instant::now();
+        exe.set_inputs(&inputs)?;
+        ready.inputs_ms = ms(t);
+
+        progress("calibrating FP8 scales");
+        let t = Instant::now();
+        let quantizing = !compiled.plan.amax_slots.is_empty();
+        for _ in 0..if quantizing { options.calibration_passes } else { 0 } {
+            exe.reset_amax()?;
+            exe.run()?;
+            exe.rescale_from_amax()?;
+        }
+        // One uncaptured pass also lets each library finish its lazy set-up before capture.
+        exe.run()?;
+        exe.synchronize()?;
+        ready.calibrate_ms = ms(t);
+
+        if options.cuda_graph {
+            progress("capturing the CUDA graph");
+            ready.capture_ms = exe.capture()?;
+        }
+        Ok(Session {
+            compiled,
+            exe,
+            inputs,
+            ready,
+        })
+    }
 }

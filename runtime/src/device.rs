@@ -69,6 +69,28 @@ pub fn device_count() -> Result<usize, DeviceError> {
     Ok(usize::try_from(count).unwrap_or(0))
 }
 
+/// The compute capability of device `ordinal`, read without creating a context: what compiling
+/// for the device needs, known about a tenth of a second into the process (after `cuInit`)
+/// while the context, which takes as long again, is still being made.
+pub fn compute_capability(ordinal: usize) -> Result<(i32, i32), DeviceError> {
+    let count = device_count()?;
+    if ordinal >= count {
+        return Err(DeviceError::NoDevice { ordinal, count });
+    }
+    let ordinal =
+        std::os::raw::c_int::try_from(ordinal).map_err(|_| DeviceError::NoDevice { ordinal, count })?;
+    let device = cudarc::driver::result::device::get(ordinal).map_err(driver("cuDeviceGet"))?;
+    let read = |attribute| {
+        // SAFETY: `device` is a valid handle from cuDeviceGet; the attribute is an integer one.
+        unsafe { cudarc::driver::result::device::get_attribute(device, attribute) }
+            .map_err(driver("reading the compute capability"))
+    };
+    Ok((
+        read(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+        read(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+    ))
+}
+
 /// An open device: the primary context and lancet's stream on it.
 ///
 /// lancet queues all of its work (copies, kernels, library calls) on this one stream, in

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use lancet::session::{open, SessionOptions};
+use lancet::session::{start, SessionOptions};
 use lancet_compiler::checkpoint::{check_writable, write_f32};
 use lancet_compiler::ir::Graph;
 use lancet_compiler::reference::{evaluate, Array, Bindings};
@@ -119,11 +119,16 @@ impl RunArgs {
     }
 }
 
+/// The ordinal of the CUDA device `device` names; an error for the CPU.
+pub fn cuda_ordinal(device: DeviceArg) -> Result<usize> {
+    match device {
+        DeviceArg::Cuda(ordinal) => Ok(ordinal),
+        DeviceArg::Cpu => anyhow::bail!("this command needs a CUDA GPU; --device cpu runs only `lancet run`"),
+    }
+}
+
 pub fn open_device(device: DeviceArg) -> Result<Device> {
-    let DeviceArg::Cuda(ordinal) = device else {
-        anyhow::bail!("this command needs a CUDA GPU; --device cpu runs only `lancet run`");
-    };
-    Device::open(ordinal).context(
+    Device::open(cuda_ordinal(device)?).context(
         "lancet run and bench need a CUDA GPU (lancet compile does not, nor lancet run --device cpu)",
     )
 }
@@ -136,16 +141,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
             run_cpu(&model, args)?,
             "CPU (reference interpreter, f32 accumulation)".to_string(),
         ),
-        DeviceArg::Cuda(_) => {
+        DeviceArg::Cuda(ordinal) => {
+            // Compiling needs no context: it starts first, and the device opens meanwhile.
+            let startup = start(&model.graph, &model.data, &args.session_options(), ordinal)?;
             let device = open_device(args.device)?;
             let progress = Progress::new();
-            let session = open(
-                &device,
-                &model.graph,
-                &model.data,
-                &args.session_options(),
-                &|p| progress.phase(p),
-            )?;
+            let session = startup.finish(&device, &|p| progress.phase(p))?;
             drop(progress);
             session.exe.poison_outputs()?;
             session.exe.run()?;
