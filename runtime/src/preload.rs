@@ -1,20 +1,18 @@
 //! Reading the GPU libraries into the page cache before they are loaded.
 //!
 //! On a machine that has not loaded them since it booted, cuDNN's engine libraries and NVRTC
-//! come off the disk as the loader touches them, page fault by page fault, about a gigabyte in
+//! come off the disk as the loader touches them, page fault by page fault, half a gigabyte in
 //! all: that made the first process on a fresh H100 machine take three times as long to get
-//! ready as the next one. Reading the same files front to back, on threads of their own from the
-//! start of the process, turns those faults into page-cache hits.
+//! ready as the next one. Asking the kernel to read the same files front to back from the start
+//! of the process, in the background, turns most of those faults into page-cache hits.
 //!
 //! Loading the libraries early instead does not work: `dlopen` holds the dynamic loader's lock
 //! for as long as it runs, and the driver needs that lock to make the CUDA context, so an early
 //! `dlopen` of cuBLASLt delayed the context by as long as the load took (measured on the H100).
 //! Reading files takes no lock.
 
-use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 /// cuDNN's sub-libraries that building and running an attention plan loads: the graph API,
 /// the heuristics, and the engines (fused attention is runtime-compiled; cuDNN opens the
@@ -26,84 +24,57 @@ const CUDNN_PARTS: [&str; 4] = [
     "libcudnn_engines_precompiled.so",
 ];
 
-/// Files being read, on threads of their own.
+/// The read-ahead requests under way, on a thread of their own.
 pub struct Preload {
-    reads: Vec<(PathBuf, Reading)>,
+    requests: JoinHandle<Vec<ReadAhead>>,
 }
 
-/// A read in progress: bytes read and milliseconds taken, once done.
-type Reading = JoinHandle<std::io::Result<(u64, f64)>>;
-
-/// One file read ahead: how many bytes, and how long it took.
+/// A file asked into the page cache, and its size.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ReadAhead {
     pub file: String,
     pub bytes: u64,
-    pub ms: f64,
 }
 
-/// Starts reading `files`, each on a thread of its own. A file that cannot be read is skipped:
-/// whoever loads it later reports the problem.
+/// Asks the kernel to read `files` into the page cache, from a thread of its own (queuing a
+/// read takes milliseconds; the reads themselves go on in the background). A file that cannot be
+/// opened is skipped: whoever loads it later reports the problem.
 pub fn start(files: Vec<PathBuf>) -> Preload {
-    let reads = files
-        .into_iter()
-        .map(|path| {
-            let file = path.clone();
-            let read = std::thread::spawn(move || {
-                let t = Instant::now();
-                read_through(&file).map(|bytes| (bytes, t.elapsed().as_secs_f64() * 1e3))
-            });
-            (path, read)
-        })
-        .collect();
-    Preload { reads }
+    Preload {
+        requests: std::thread::spawn(move || files.iter().filter_map(|f| request(f).ok()).collect()),
+    }
 }
 
-/// Reads `path` into the page cache with `readahead(2)`, which copies nothing out (so a file
-/// already cached costs microseconds); by plain reads where the file system refuses it.
-fn read_through(path: &Path) -> std::io::Result<u64> {
+/// Queues `path` for reading with `readahead(2)`, which copies nothing out, so a file already
+/// cached costs microseconds; with `posix_fadvise(WILLNEED)` where the file system refuses it.
+fn request(path: &Path) -> std::io::Result<ReadAhead> {
     use std::os::fd::AsRawFd;
-    let mut file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    const CHUNK: u64 = 64 << 20;
-    let mut offset = 0;
-    while offset < len {
-        let count = CHUNK.min(len - offset);
-        // SAFETY: a valid open descriptor; readahead only fills the page cache.
-        let done = unsafe { libc::readahead(file.as_raw_fd(), offset as libc::off64_t, count as usize) };
-        if done != 0 {
-            break;
-        }
-        offset += count;
-    }
-    if offset >= len {
-        return Ok(len);
-    }
-    let mut buffer = vec![0u8; 4 << 20];
-    let mut total = offset;
-    file.seek(std::io::SeekFrom::Start(offset))?;
-    loop {
-        match file.read(&mut buffer)? {
-            0 => return Ok(total),
-            n => total += n as u64,
+    let file = std::fs::File::open(path)?;
+    let bytes = file.metadata()?.len();
+    let fd = file.as_raw_fd();
+    let len = usize::try_from(bytes).unwrap_or(usize::MAX);
+    // SAFETY: a valid open descriptor; both calls only fill the page cache.
+    if unsafe { libc::readahead(fd, 0, len) } != 0 {
+        let len = libc::off_t::try_from(bytes).unwrap_or(libc::off_t::MAX);
+        // SAFETY: as above.
+        let advised = unsafe { libc::posix_fadvise(fd, 0, len, libc::POSIX_FADV_WILLNEED) };
+        if advised != 0 {
+            return Err(std::io::Error::from_raw_os_error(advised));
         }
     }
+    Ok(ReadAhead {
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        bytes,
+    })
 }
 
 impl Preload {
-    /// The files read, waiting for those still being read.
+    /// The files asked for, once every request is queued.
     pub fn join(self) -> Vec<ReadAhead> {
-        self.reads
-            .into_iter()
-            .filter_map(|(path, read)| {
-                let (bytes, ms) = read.join().ok()?.ok()?;
-                Some(ReadAhead {
-                    file: path.file_name()?.to_string_lossy().into_owned(),
-                    bytes,
-                    ms,
-                })
-            })
-            .collect()
+        self.requests.join().unwrap_or_default()
     }
 }
 
@@ -181,15 +152,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_every_byte_and_skips_missing_files() {
+    fn asks_for_whole_files_and_skips_missing_ones() {
         let dir = std::env::temp_dir().join(format!("lancet-preload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("lib.so");
         std::fs::write(&file, vec![7u8; 5 << 20]).unwrap();
-        let read = start(vec![file, dir.join("missing.so")]).join();
+        let asked = start(vec![file, dir.join("missing.so")]).join();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(read.len(), 1);
-        assert_eq!((read[0].file.as_str(), read[0].bytes), ("lib.so", 5 << 20));
+        assert_eq!(asked.len(), 1);
+        assert_eq!((asked[0].file.as_str(), asked[0].bytes), ("lib.so", 5 << 20));
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let read_ahead: Vec<String> = r
         .read_ahead
         .iter()
-        .map(|f| format!("{} ({}) {:.1} ms", f.file, bytes(f.bytes as usize), f.ms))
+        .map(|f| format!("{} ({})", f.file, bytes(f.bytes as usize)))
         .collect();
     // From the rewrite to the cubins loaded, less the wait for the driver's cuInit, which the
     // device's opening waits for too.
@@ -211,7 +211,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let nvrtc_note = format!(
         "on threads of their own, alongside the device's opening and the weights: NVRTC {:.1} ms ({kernels} kernels, \
          {cached} from the cache), cuDNN attention plans {:.1} ms, cuBLASLt set-up and GEMM selection {:.1} ms; \
-         libraries read into the page cache from the start: {}\n\
+         libraries asked into the page cache from the start: {}\n\
          lancet's own work, rewrite to cubins loaded: {own_ms:.1} ms (not counting {:.1} ms waiting for the driver's cuInit)",
         p.nvrtc_ms,
         r.attention_build_ms,
