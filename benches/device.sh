@@ -3,10 +3,11 @@
 # and FP8 GEMM benchmarks, and PyTorch's cuDNN attention and `_scaled_mm` for comparison
 # (group `checks`); the headline forward pass side by side with PyTorch's recipes on the same
 # checkpoint (group `headline`); parity with transformers (group `parity`); scaling sweeps (group
-# `sweep`). Builds nothing. Logs and JSON go to $OUT (./out when unset); a short summary is
+# `sweep`); start-up times with empty and warm caches (group `startup`, best run first on a
+# fresh machine: its first process then also reads the CUDA libraries from disk). Builds nothing. Logs and JSON go to $OUT (./out when unset); a short summary is
 # printed last.
 #
-# Usage: benches/device.sh [all|checks|headline|parity|sweep]   (default all; run one group per
+# Usage: benches/device.sh [all|startup|checks|headline|parity|sweep]   (default all; run one group per
 # 10-minute call)
 #
 # To add a step: one `step NAME COMMAND...` line (its output goes to $OUT/NAME.log), and a few
@@ -49,6 +50,11 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.g
 
 GROUP=${1:-all}
 want() { [[ $GROUP == all || $GROUP == "$1" ]]; }
+
+if want startup; then
+# Before anything else, so that on a fresh machine its first process is the machine's first.
+step startup python3 benches/startup.py --lancet "$BUNDLE/lancet" --json "$OUT/startup.json"
+fi
 
 if want checks; then
 step gpu-tests "$BUNDLE/gpu-tests"
@@ -164,7 +170,7 @@ for t in first["tuning"]:
           f"workspace {t['chosen_workspace_size']} B (largest candidate {t['max_candidate_workspace_size']} B)")
 PY
     fi
-    for group in side-by-side hf-parity sweep; do
+    for group in startup side-by-side hf-parity sweep; do
         if [[ -f $OUT/$group.log ]]; then
             echo
             echo "--- $group (last lines of $group.log) ---"

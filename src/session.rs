@@ -79,11 +79,12 @@ pub struct ReadyTimes {
     /// How long the compile threads waited for the driver to name the GPU's architecture
     /// (`cuInit`, which opening the device waits for as well).
     pub arch_wait_ms: f64,
-    /// From the start of the rewrite to the model's cubins compiled (or read from the cache):
-    /// lancet's own work, with [`LoadTimes::modules_ms`](lancet_runtime::exec::LoadTimes) to load
-    /// them, less `arch_wait_ms` when NVRTC had nothing to compile.
+    /// From the start of the rewrite to the model's cubins compiled (or read from the cache).
+    /// Less `arch_wait_ms` (the driver's time), plus
+    /// [`LoadTimes::modules_ms`](lancet_runtime::exec::LoadTimes) to load the cubins, this is
+    /// lancet's own work.
     pub kernels_compiled_ms: f64,
-    /// The library files read into the page cache from the start, on threads of their own.
+    /// The library files asked into the page cache from the start.
     pub read_ahead: Vec<ReadAhead>,
     /// Inputs uploaded.
     pub inputs_ms: f64,
