@@ -14,7 +14,6 @@ use lancet_runtime::cublaslt::Gemms;
 use lancet_runtime::device::{compute_capability, Device};
 use lancet_runtime::exec::{DeviceParams, Executable, InitKernels, InitSource};
 use lancet_runtime::jit::{self, Compilation, JitError};
-use lancet_runtime::preload::{self, Preload, ReadAhead};
 
 use crate::pipeline::{build_kernels, compile, CompileOptions, Compiled};
 
@@ -84,8 +83,6 @@ pub struct ReadyTimes {
     /// [`LoadTimes::modules_ms`](lancet_runtime::exec::LoadTimes) to load the cubins, this is
     /// lancet's own work.
     pub kernels_compiled_ms: f64,
-    /// The library files asked into the page cache from the start.
-    pub read_ahead: Vec<ReadAhead>,
     /// Inputs uploaded.
     pub inputs_ms: f64,
     pub calibrate_ms: f64,
@@ -151,7 +148,7 @@ pub fn open<'d>(
 }
 
 /// A session under way before its device is open: the plan, and the threads compiling its kernels
-/// and loading the libraries it will call.
+/// and its weight program.
 pub struct Startup {
     compiled: Compiled,
     data: Data,
@@ -160,7 +157,6 @@ pub struct Startup {
     began: Instant,
     kernels: Compiling,
     init: Compiling,
-    libraries: Preload,
 }
 
 /// A compilation on its own thread: the architecture it compiled for, the cubins (or why NVRTC
@@ -177,9 +173,13 @@ struct Built {
 }
 
 /// Starts a session on device `ordinal` without waiting for the device: rewrites and lowers
-/// `graph` here, then compiles its kernels and the weight program with NVRTC, and loads cuDNN and
-/// cuBLASLt, on threads of their own. None of that needs a CUDA context, which takes a quarter of
-/// a second to make: the caller opens the device meanwhile and hands it to [`Startup::finish`].
+/// `graph` here, then compiles its kernels and the weight program with NVRTC on threads of their
+/// own. None of that needs a CUDA context, which takes a quarter of a second to make: the caller
+/// opens the device meanwhile and hands it to [`Startup::finish`].
+///
+/// (The libraries are not loaded early: `dlopen` holds the dynamic loader's lock while it runs,
+/// and making the context needs that lock. Loading cuBLASLt alongside it delayed the context by
+/// as long as the load took, on the H100.)
 pub fn start(graph: &Graph, data: &Data, options: &SessionOptions, ordinal: usize) -> Result<Startup> {
     if let Some(checkpoint) = &data.checkpoint {
         // Every weight found, float and of the right shape, before any work starts.
@@ -194,13 +194,6 @@ pub fn start(graph: &Graph, data: &Data, options: &SessionOptions, ordinal: usiz
         },
     )?;
     let plan = &compiled.plan;
-    // On a machine that has not loaded them since it booted, the libraries come off the disk:
-    // read them into the page cache now, while the device opens.
-    let mut files = preload::nvrtc_files();
-    if plan.attentions() > 0 {
-        files.extend(preload::cudnn_files());
-    }
-    let libraries = preload::start(files);
     let kernels = plan.kernels.clone();
     let compile_options = options.compile.clone();
     let kernels = on_thread(ordinal, compile_options.clone(), move |options| {
@@ -217,7 +210,6 @@ pub fn start(graph: &Graph, data: &Data, options: &SessionOptions, ordinal: usiz
         began,
         kernels,
         init,
-        libraries,
     })
 }
 
@@ -271,7 +263,6 @@ impl Startup {
             began,
             kernels,
             init,
-            libraries,
         } = self;
         let graph = &compiled.optimized;
         let mut ready = ReadyTimes::default();
@@ -356,7 +347,6 @@ impl Startup {
                 - kernels.arch_wait_ms;
             Ok((exe, inputs, kernels.cubins, nvrtc_ms))
         })?;
-        ready.read_ahead = libraries.join();
         compiled.cubins = cubins;
         compiled.phases.nvrtc_ms = nvrtc_ms;
         ready.load = exe.load_times.clone();

@@ -7,8 +7,7 @@
 //! - [`attention`]: fused flash-attention forward through cuDNN, with plans cached per shape;
 //! - [`exec`]: a plan on the device — buffers, weights, launches, CUDA-graph replay;
 //! - [`jit`]: NVRTC compilation of generated kernels to cubins, with a disk cache;
-//! - [`cache_dir`]: where lancet keeps compiled artifacts between processes;
-//! - [`preload`]: loading cuDNN and cuBLASLt while the CUDA context is being made.
+//! - [`cache_dir`]: where lancet keeps compiled artifacts between processes.
 //!
 //! Every CUDA library is loaded at run time through `cudarc`, so this crate builds, and its CPU
 //! tests run, on machines without CUDA. Nothing here panics on a missing library or a rejected
@@ -23,7 +22,6 @@ mod error;
 pub mod exec;
 pub mod jit;
 mod native;
-pub mod preload;
 
 pub use cudarc;
 pub use error::{Error, Result};

@@ -200,23 +200,16 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     .collect();
     let accounted: f64 = phases.iter().map(|(_, v)| v).sum();
     phases.push(("other (threads, bookkeeping)".into(), ready_ms - accounted));
-    let read_ahead: Vec<String> = r
-        .read_ahead
-        .iter()
-        .map(|f| format!("{} ({})", f.file, bytes(f.bytes as usize)))
-        .collect();
     // From the rewrite to the cubins loaded, less the wait for the driver's cuInit, which the
     // device's opening waits for too.
     let own_ms = r.kernels_compiled_ms - r.arch_wait_ms + r.load.modules_ms;
     let nvrtc_note = format!(
         "on threads of their own, alongside the device's opening and the weights: NVRTC {:.1} ms ({kernels} kernels, \
-         {cached} from the cache), cuDNN attention plans {:.1} ms, cuBLASLt set-up and GEMM selection {:.1} ms; \
-         libraries asked into the page cache from the start: {}\n\
+         {cached} from the cache), cuDNN attention plans {:.1} ms, cuBLASLt set-up and GEMM selection {:.1} ms\n\
          lancet's own work, rewrite to cubins loaded: {own_ms:.1} ms (not counting {:.1} ms waiting for the driver's cuInit)",
         p.nvrtc_ms,
         r.attention_build_ms,
         r.gemm_setup_ms,
-        read_ahead.join(", "),
         r.arch_wait_ms
     );
 
@@ -227,7 +220,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "ready_ms": ready_ms,
             "nvrtc": {"kernels": kernels, "cached": cached, "ms": p.nvrtc_ms},
             "own_work_ms": own_ms, "arch_wait_ms": r.arch_wait_ms,
-            "read_ahead": r.read_ahead,
+
             "attention_plans_build_ms": r.attention_build_ms,
             "cublaslt_setup_ms": r.gemm_setup_ms,
             "steady_state": {"cuda_graph": graph, "eager": eager},
