@@ -996,6 +996,81 @@ fn attention_matches_explicit_loops() {
     }
 }
 
+/// bf16 attention weighs V with probabilities rounded to bf16 (the row sum unrounded), as
+/// cuDNN's flash attention does: the output matches loops that round them, and is closer to them
+/// than to loops that do not.
+#[test]
+fn bf16_attention_weighs_v_with_bf16_probabilities() {
+    let c = AttnCase {
+        b: 1,
+        hq: 2,
+        hkv: 1,
+        sq: 24,
+        skv: 24,
+        d: 16,
+        dv: 16,
+        causal: true,
+    };
+    let (qd, kd, vd) = (
+        [c.b, c.hq, c.sq, c.d],
+        [c.b, c.hkv, c.skv, c.d],
+        [c.b, c.hkv, c.skv, c.dv],
+    );
+    let mut b = Builder::new();
+    let q = b.input("q", BF16, qd).unwrap();
+    let k = b.input("k", BF16, kd).unwrap();
+    let v = b.input("v", BF16, vd).unwrap();
+    let y = b.attention(q, k, v, true, 0.25).unwrap();
+    b.output("y", y).unwrap();
+    let bf = |x: Vec<f32>| x.into_iter().map(|x| round_to(BF16, x)).collect::<Vec<_>>();
+    let (dq, dk, dv) = (
+        bf(randn(90, "q", &qd, 2.0)),
+        bf(randn(90, "k", &kd, 2.0)),
+        bf(randn(90, "v", &vd, 1.0)),
+    );
+    let bindings = bind(vec![
+        ("q", arr(&qd, dq.clone())),
+        ("k", arr(&kd, dk.clone())),
+        ("v", arr(&vd, dv.clone())),
+    ]);
+    let out = run(b, &bindings, "y");
+    let loops = |round_p: bool| {
+        let mut want = Vec::new();
+        for h in 0..c.hq {
+            for i in 0..c.sq {
+                let at = |t: &[f32], j: usize, x: usize| t[j * c.d + x] as f64;
+                let qi = |x: usize| dq[(h * c.sq + i) * c.d + x] as f64;
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| (0..c.d).map(|x| qi(x) * at(&dk, j, x)).sum::<f64>() * 0.25)
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                let p = |j: usize| {
+                    if round_p {
+                        round_to(BF16, e[j] as f32) as f64
+                    } else {
+                        e[j]
+                    }
+                };
+                for x in 0..c.dv {
+                    let o: f64 = (0..=i).map(|j| p(j) * at(&dv, j, x)).sum();
+                    want.push(round_to(BF16, (o / sum) as f32));
+                }
+            }
+        }
+        want
+    };
+    let (rounded, exact) = (loops(true), loops(false));
+    // f32 against f64 sums may still move an output across a bf16 rounding boundary.
+    assert_rel_l2(&out.data, &rounded, 1e-3, "bf16 attention");
+    let (to_rounded, to_exact) = (rel_l2(&out.data, &rounded), rel_l2(&out.data, &exact));
+    assert!(
+        to_rounded < 0.5 * to_exact,
+        "closer to bf16 probabilities ({to_rounded:.2e}) than to exact ones ({to_exact:.2e})"
+    );
+}
+
 #[test]
 fn attention_gqa_reads_kv_head_h_over_group() {
     // With 4 query heads on 2 KV heads, heads 0,1 read KV head 0 and heads 2,3 read KV head 1.

@@ -252,7 +252,17 @@ impl Inputs {
             head_dim: case.head_dim,
             v_dim: case.head_dim,
         };
-        attention(&self.q, &self.k, &self.v, dims, case.causal, case.scale(), None)
+        // Probabilities in bf16, as cuDNN's kernel weighs V with them.
+        let p_round = Some((lancet_runtime::compiler::ir::DType::BF16, 1.0));
+        attention(
+            &self.q,
+            &self.k,
+            &self.v,
+            dims,
+            case.causal,
+            case.scale(),
+            p_round,
+        )
     }
 
     /// The host images of the device buffers: one packed QKV buffer, or Q, K, V apart.

@@ -7,7 +7,7 @@ use thiserror::Error;
 use super::array::{broadcast_strides, gather, Array};
 use super::kernels::{self, AttentionDims};
 use super::numerics::round_slice;
-use crate::ir::{Graph, Node, NodeId, Op, Operand, Program, Shape, TensorType};
+use crate::ir::{DType, Graph, Node, NodeId, Op, Operand, Program, Shape, TensorType};
 
 /// Values for a graph's inputs and params, by binding name.
 pub type Bindings = HashMap<String, Array>;
@@ -191,6 +191,7 @@ fn compute(id: NodeId, node: &Node, op: &Op, shape: &Shape, args: &[&Array]) -> 
                 *rotary_dim,
             )
         }
+        // The probabilities weigh V in the attention's own precision (bf16 in cuDNN's kernels).
         Op::Attention { causal, scale } => kernels::attention(
             &args[0].data,
             &args[1].data,
@@ -198,7 +199,7 @@ fn compute(id: NodeId, node: &Node, op: &Op, shape: &Shape, args: &[&Array]) -> 
             attention_dims(args),
             *causal,
             scale.get(),
-            None,
+            (node.ty.dtype != DType::F32).then_some((node.ty.dtype, 1.0)),
         ),
         // Saturation and FP8 rounding of the result happen when it is rounded to the node's dtype.
         Op::Fp8Attention {
@@ -219,7 +220,7 @@ fn compute(id: NodeId, node: &Node, op: &Op, shape: &Shape, args: &[&Array]) -> 
                 attention_dims(args),
                 *causal,
                 scale.get(),
-                Some(p_scale.get()),
+                Some((DType::F8E4M3, p_scale.get())),
             );
             let inv = 1.0 / args[6].data[0];
             o.into_iter().map(|x| x * inv).collect()
