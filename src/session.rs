@@ -160,8 +160,8 @@ pub struct Startup {
 }
 
 /// A compilation on its own thread: the architecture it compiled for, the cubins (or why NVRTC
-/// is unavailable), how long it waited for the driver to say the architecture, and when it was
-/// done.
+/// is unavailable), how long it waited for the driver to say the architecture and then compiled,
+/// and when it was done.
 type Compiling = JoinHandle<Result<Built>>;
 
 /// What a compile thread hands back.
@@ -169,6 +169,7 @@ struct Built {
     arch: String,
     cubins: std::result::Result<Compilation, JitError>,
     arch_wait_ms: f64,
+    compile_ms: f64,
     done: Instant,
 }
 
@@ -224,11 +225,13 @@ fn on_thread(
         let t = Instant::now();
         options.jit.arch = arch_of(compute_capability(ordinal)?);
         let arch_wait_ms = ms(t);
+        let t = Instant::now();
         let cubins = compile(&options)?;
         Ok(Built {
             arch: options.jit.arch,
             cubins,
             arch_wait_ms,
+            compile_ms: ms(t),
             done: Instant::now(),
         })
     })
@@ -341,10 +344,7 @@ impl Startup {
                     .context("running on the GPU needs NVRTC")?;
                 prepared.finish(compilation)?
             };
-            let nvrtc_ms = ready.kernels_compiled_ms
-                - compiled.phases.rewrite_ms
-                - compiled.phases.lower_codegen_ms
-                - kernels.arch_wait_ms;
+            let nvrtc_ms = kernels.compile_ms;
             Ok((exe, inputs, kernels.cubins, nvrtc_ms))
         })?;
         compiled.cubins = cubins;

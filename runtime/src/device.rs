@@ -69,16 +69,20 @@ pub fn device_count() -> Result<usize, DeviceError> {
     Ok(usize::try_from(count).unwrap_or(0))
 }
 
+/// `ordinal` as the driver's device index, if the driver has such a device.
+fn existing(ordinal: usize) -> Result<std::os::raw::c_int, DeviceError> {
+    let count = device_count()?;
+    std::os::raw::c_int::try_from(ordinal)
+        .ok()
+        .filter(|_| ordinal < count)
+        .ok_or(DeviceError::NoDevice { ordinal, count })
+}
+
 /// The compute capability of device `ordinal`, read without creating a context: what compiling
 /// for the device needs, known about a tenth of a second into the process (after `cuInit`)
 /// while the context, which takes as long again, is still being made.
 pub fn compute_capability(ordinal: usize) -> Result<(i32, i32), DeviceError> {
-    let count = device_count()?;
-    if ordinal >= count {
-        return Err(DeviceError::NoDevice { ordinal, count });
-    }
-    let ordinal =
-        std::os::raw::c_int::try_from(ordinal).map_err(|_| DeviceError::NoDevice { ordinal, count })?;
+    let ordinal = existing(ordinal)?;
     let device = cudarc::driver::result::device::get(ordinal).map_err(driver("cuDeviceGet"))?;
     let read = |attribute| {
         // SAFETY: `device` is a valid handle from cuDeviceGet; the attribute is an integer one.
@@ -104,10 +108,7 @@ pub struct Device {
 
 impl Device {
     pub fn open(ordinal: usize) -> Result<Self, DeviceError> {
-        let count = device_count()?;
-        if ordinal >= count {
-            return Err(DeviceError::NoDevice { ordinal, count });
-        }
+        existing(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(driver("creating the primary context"))?;
         // SAFETY: called before this context allocates anything; every buffer lancet makes is
         // used on `stream` alone (see the type's documentation), so stream order is all the
