@@ -177,6 +177,46 @@ fn compile_dumps_kernels_plan_and_graphs() {
 }
 
 #[test]
+fn gated_gemm_on_takes_the_gate_up_gemm_and_swiglu_kernel() {
+    let dir = scratch("gated");
+    let out = dir.join("kernels");
+    let o = lancet(&[
+        "compile",
+        "--preset",
+        "llama-3.2-1b",
+        "--layers",
+        "2",
+        "--attention",
+        "fp8",
+        "--gated-gemm",
+        "on",
+        "--no-nvrtc",
+        "--dump-kernels",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    // Per layer: the gate/up GEMM and the SwiGLU + quantize kernel become one gated GEMM.
+    assert!(
+        text.contains(
+            "plan: 6 kernel launches (3 unique kernels), 6 GEMMs, 2 gated GEMMs, 2 attention calls"
+        ),
+        "{text}"
+    );
+    let gated = text
+        .lines()
+        .find(|l| l.starts_with("gated_gemm_silu_"))
+        .unwrap_or_else(|| panic!("no gated kernel in {text}"));
+    assert!(gated.contains("gated_gemm.cu.tera"), "{gated}");
+    let plan = std::fs::read_to_string(out.join("plan.txt")).unwrap();
+    assert!(
+        plan.contains("gated_gemm m 4096 f 8192 k 2048 act silu"),
+        "{plan}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn explain_reports_rules_growth_and_savings() {
     let o = lancet(&[
         "explain",

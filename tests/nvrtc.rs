@@ -15,7 +15,8 @@ use lancet_runtime::jit::{self, CudaSource, JitOptions};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// The unique kernels of every preset (2 layers; fp8 and bf16; fusion on and off; as bare layer
-/// stacks and as full models with an embedding), by name, with the configurations that use each.
+/// stacks and as full models with an embedding; fusion with and without the opt-in gated GEMM),
+/// by name, with the configurations that use each.
 fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
     let mut kernels: BTreeMap<String, (Kernel, Vec<String>)> = BTreeMap::new();
     for name in PRESETS {
@@ -25,11 +26,12 @@ fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
             (Precision::Fp8, AttentionPrecision::Bf16),
             (Precision::Bf16, AttentionPrecision::Bf16),
         ] {
-            for (fusion, vocab) in [
-                (true, None),
-                (false, None),
-                (true, Some(1000)),
-                (false, Some(1000)),
+            for (fusion, gated_gemm, vocab) in [
+                (true, false, None),
+                (true, true, None),
+                (false, false, None),
+                (true, false, Some(1000)),
+                (false, false, Some(1000)),
             ] {
                 let mut c = LlamaConfig::preset(name).expect("preset exists");
                 c.layers = 2;
@@ -42,6 +44,7 @@ fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
                     &graph,
                     &Options {
                         fusion,
+                        gated_gemm,
                         ..Options::default()
                     },
                 )
@@ -54,8 +57,9 @@ fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
                 )
                 .expect("lowers");
                 let config = format!(
-                    "{name} {precision:?} attention {attention:?} fusion {}",
-                    if fusion { "on" } else { "off" }
+                    "{name} {precision:?} attention {attention:?} fusion {}{}",
+                    if fusion { "on" } else { "off" },
+                    if gated_gemm { " gated GEMM" } else { "" }
                 );
                 for k in plan.kernels {
                     kernels

@@ -60,6 +60,8 @@ pub fn summarize(graph: &Graph) -> Summary {
             Op::Linear { .. } | Op::LinearAdd { .. } => {
                 s.flops.linear += 2.0 * out * operand(0).shape.last() as f64
             }
+            // The GEMM runs over both halves of the packed weight: twice the output's width.
+            Op::GatedLinear { .. } => s.flops.linear += 2.0 * (2.0 * out) * operand(0).shape.last() as f64,
             Op::Attention { causal, .. } | Op::Fp8Attention { causal, .. } => {
                 let (q, k, v) = (operand(0).shape, operand(1).shape, operand(2).shape);
                 let pairs = (q.0[0] * q.0[1] * q.0[2] * k.0[2]) as f64;

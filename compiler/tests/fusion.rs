@@ -2,7 +2,8 @@
 //! fusion achieved (kernel counts pinned on the plan, as tinygrad's tests count kernels), and a
 //! few anchored lines of every kernel kind's generated source.
 
-use lancet_compiler::ir::{Builder, DType, GeluApprox, Graph, Init, Op, RopeStyle};
+use lancet_compiler::codegen::{GatedGemmSpec, Generated};
+use lancet_compiler::ir::{Builder, DType, GateAct, GeluApprox, Graph, Init, Op, RopeStyle, Tensor};
 use lancet_compiler::lower::{lower, lower_with, LowerOptions, Plan, Step};
 use lancet_compiler::models::{AttentionPrecision, LlamaConfig, Precision, PRESETS};
 use lancet_compiler::reference::{evaluate, rel_l2, Bindings};
@@ -39,7 +40,7 @@ fn bindings(graph: &Graph, seed: u64) -> Bindings {
 
 /// The largest relative L2 error over the outputs of `graph` before and after rewriting.
 fn rewrite_error(graph: &Graph, seed: u64) -> (f64, Graph) {
-    let (optimized, report) = optimize(graph, &Options::default()).unwrap();
+    let (optimized, report) = optimize(graph, &Options::all_rules()).unwrap();
     assert_eq!(report.stop_reason, "saturated");
     let b = bindings(graph, seed);
     let before = evaluate(graph, &b).unwrap();
@@ -207,7 +208,7 @@ fn plan(config: &LlamaConfig, fusion: bool) -> Plan {
         &graph,
         &Options {
             fusion,
-            ..Options::default()
+            ..Options::all_rules()
         },
     )
     .unwrap();
@@ -239,22 +240,18 @@ fn launches(plan: &Plan) -> Vec<String> {
 }
 
 #[test]
-fn llama_layer_fuses_to_four_kernels_four_gemms_one_attention() {
+fn llama_layer_fuses_to_three_kernels_three_gemms_one_gated_gemm_one_attention() {
     let mut c = LlamaConfig::preset("llama-3.2-1b").unwrap();
     c.layers = 3;
     assert_eq!(c.attention, AttentionPrecision::Fp8);
     let p = plan(&c, true);
-    assert_eq!(p.gemms(), 3 * 4);
+    assert_eq!(p.gemms(), 3 * 3);
+    assert_eq!(p.gated_gemms(), 3);
     assert_eq!(p.attentions(), 3);
     // Per layer: norm + quantize; RoPE of Q and K with the quantize of Q, K and V in one launch
-    // (FP8 attention writes O already quantized); norm + quantize; SwiGLU + quantize. Residual
-    // adds live in GEMM epilogues.
-    let per_layer = [
-        "rms_norm_quantize",
-        "quantize_rope",
-        "rms_norm_quantize",
-        "silu_mul_quantize",
-    ];
+    // (FP8 attention writes O already quantized); norm + quantize. SwiGLU + quantize live in the
+    // gate/up GEMM's epilogue, residual adds in cuBLASLt's.
+    let per_layer = ["rms_norm_quantize", "quantize_rope", "rms_norm_quantize"];
     assert_eq!(launches(&p), per_layer.repeat(3));
     let residual_gemms = p
         .steps
@@ -262,8 +259,37 @@ fn llama_layer_fuses_to_four_kernels_four_gemms_one_attention() {
         .filter(|s| matches!(s, Step::Gemm(g) if g.residual.is_some()))
         .count();
     assert_eq!(residual_gemms, 3 * 2);
-    // Eight layers share the same kernels: one compile each.
+    // Every layer shares the same kernels, the gated GEMM among them: one compile each.
     assert_eq!(p.kernels.len(), 3);
+    // The gated GEMM reads the quantized norm output as a [b·s, hidden] matrix and the packed
+    // gate/up weight; its e4m3 output is what the down projection reads, in place.
+    let Some(Step::GatedGemm(g)) = p.steps.iter().find(|s| matches!(s, Step::GatedGemm(_))) else {
+        panic!()
+    };
+    assert_eq!((g.m, g.f, g.k), (2 * 2048, 8192, 2048));
+    assert_eq!(p.buffers[g.w.buffer].name, "layers.0.mlp.gate_up_proj.weight");
+    assert_eq!(
+        p.buffers[g.out_scale.buffer].name,
+        "layers.0.mlp.down_proj.input_scale"
+    );
+    assert_eq!(p.amax_slots[g.amax_slot], g.node);
+    assert_eq!(
+        p.kernels[g.kernel].spec,
+        Generated::GatedGemm(GatedGemmSpec {
+            act: GateAct::Silu,
+            mid: DType::BF16,
+            out: DType::F8E4M3
+        })
+    );
+    let down = p
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Gemm(d) if d.x.buffer == g.out.buffer => Some(d),
+            _ => None,
+        })
+        .expect("a GEMM reads the gated output in place");
+    assert_eq!((down.k, down.ldx, down.x.dtype), (8192, 8192, DType::F8E4M3));
     let Some(Step::Attention(a)) = p.steps.iter().find(|s| matches!(s, Step::Attention(_))) else {
         panic!()
     };
@@ -296,20 +322,15 @@ fn llama_layer_fuses_to_four_kernels_four_gemms_one_attention() {
 }
 
 #[test]
-fn llama_layer_with_bf16_attention_fuses_to_five_kernels() {
+fn llama_layer_with_bf16_attention_fuses_to_four_kernels_and_a_gated_gemm() {
     let mut c = LlamaConfig::preset("llama-3.2-1b").unwrap();
     c.layers = 3;
     c.attention = AttentionPrecision::Bf16;
     let p = plan(&c, true);
     // The attention output needs its own quantize pass for the FP8 output projection.
-    let per_layer = [
-        "rms_norm_quantize",
-        "rope",
-        "quantize",
-        "rms_norm_quantize",
-        "silu_mul_quantize",
-    ];
+    let per_layer = ["rms_norm_quantize", "rope", "quantize", "rms_norm_quantize"];
     assert_eq!(launches(&p), per_layer.repeat(3));
+    assert_eq!((p.gemms(), p.gated_gemms()), (3 * 3, 3));
     assert_eq!(p.kernels.len(), 4);
     // V reaches attention as a strided view of the packed QKV projection, without a copy.
     let Some(Step::Attention(a)) = p.steps.iter().find(|s| matches!(s, Step::Attention(_))) else {
@@ -321,6 +342,60 @@ fn llama_layer_with_bf16_attention_fuses_to_five_kernels() {
         (a.v.offset, a.v.strides.clone()),
         (2560, vec![6291456, 64, 3072, 1])
     );
+}
+
+#[test]
+fn every_depth_shares_one_gated_gemm_kernel() {
+    for layers in [1, 2, 8] {
+        let mut c = LlamaConfig::preset("llama-3.2-1b").unwrap();
+        c.layers = layers;
+        let p = plan(&c, true);
+        assert_eq!(p.gated_gemms(), layers, "{layers} layers");
+        assert_eq!(p.kernels.len(), 3, "{layers} layers");
+        let gated: Vec<_> = p
+            .kernels
+            .iter()
+            .filter(|k| matches!(k.spec, Generated::GatedGemm(_)))
+            .collect();
+        assert_eq!(gated.len(), 1, "{layers} layers");
+        assert_eq!(gated[0].nodes.len(), layers, "{layers} layers");
+    }
+}
+
+#[test]
+fn bf16_linears_keep_swiglu_in_a_kernel() {
+    // Without FP8 linears there is no quantize to end the chain: nothing for a gated GEMM.
+    let mut c = LlamaConfig::preset("llama-3.2-1b")
+        .unwrap()
+        .with_precision(Precision::Bf16);
+    c.layers = 2;
+    let p = plan(&c, true);
+    assert_eq!((p.gemms(), p.gated_gemms()), (2 * 4, 0));
+    assert_eq!(
+        launches(&p),
+        ["rms_norm", "rope", "rms_norm", "silu_mul"].repeat(2)
+    );
+}
+
+#[test]
+fn gated_gemm_off_keeps_swiglu_in_a_kernel() {
+    let mut c = LlamaConfig::preset("llama-3.2-1b").unwrap();
+    c.layers = 2;
+    let options = Options {
+        gated_gemm: false,
+        ..Options::default()
+    };
+    let (optimized, report) = optimize(&c.build().unwrap(), &options).unwrap();
+    assert_eq!(report.rules_fired.get("gated-linear"), None);
+    let p = lower(&optimized).unwrap();
+    let per_layer = [
+        "rms_norm_quantize",
+        "quantize_rope",
+        "rms_norm_quantize",
+        "silu_mul_quantize",
+    ];
+    assert_eq!(launches(&p), per_layer.repeat(2));
+    assert_eq!((p.gemms(), p.gated_gemms()), (2 * 4, 0));
 }
 
 #[test]
@@ -351,6 +426,8 @@ fn seed_te_fuses_layernorm_and_gelu() {
         "gelu_quantize",
     ];
     assert_eq!(launches(&p), per_layer.repeat(2));
+    // No gate: the GELU MLP's up projection stays a cuBLASLt GEMM.
+    assert_eq!((p.gemms(), p.gated_gemms()), (2 * 4, 0));
 }
 
 #[test]
@@ -366,7 +443,7 @@ fn an_unusual_chain_fuses_into_one_kernel() {
     let c = b.cast(a, DType::F32).unwrap();
     b.output("out", c).unwrap();
     let graph = b.finish();
-    let (optimized, report) = optimize(&graph, &Options::default()).unwrap();
+    let (optimized, report) = optimize(&graph, &Options::all_rules()).unwrap();
     assert!(report.rules_fired["grow-kernel"] >= 3, "{:?}", report.rules_fired);
     let p = lower(&optimized).unwrap();
     assert_eq!(launches(&p), ["gelu_mul_add_cast"]);
@@ -383,7 +460,7 @@ fn a_value_with_two_readers_is_not_fused_into_either() {
     let m = b.mul(s, s).unwrap();
     b.output("a", a).unwrap();
     b.output("m", m).unwrap();
-    let p = lower(&optimize(&b.finish(), &Options::default()).unwrap().0).unwrap();
+    let p = lower(&optimize(&b.finish(), &Options::all_rules()).unwrap().0).unwrap();
     // silu is materialised once; its two independent readers share one launch (horizontal
     // merge), each computing from memory.
     assert_eq!(launches(&p), ["silu", "gelu_mul"].map(String::from).to_vec());
@@ -467,7 +544,7 @@ fn view_algebra_collapses_chains() {
         let out = build(&mut b);
         b.output("out", out).unwrap();
         let graph = b.finish();
-        let (optimized, _) = optimize(&graph, &Options::default()).unwrap();
+        let (optimized, _) = optimize(&graph, &Options::all_rules()).unwrap();
         for goal in *goals {
             let (kind, n) = goal.split_once(':').unwrap();
             let n: usize = n.parse().unwrap();
@@ -498,6 +575,240 @@ fn view_algebra_collapses_chains() {
     }
 }
 
+/// An FP8 gated linear unit as a model writes it, and the ways a rule test varies it.
+#[derive(Clone, Copy)]
+struct Glu {
+    /// Features of `x`: the gated GEMM needs a multiple of 16.
+    k: usize,
+    /// The gate's activation: `None` for SiLU.
+    gelu: Option<GeluApprox>,
+    /// `up · act(gate)` instead of `act(gate) · up`.
+    up_first: bool,
+    /// The activation reads the second half and `up` is the first.
+    swapped_halves: bool,
+    out: DType,
+    /// An intermediate that is also a graph output: `linear`, `gate`, `act` or `product`.
+    tap: Option<&'static str>,
+}
+
+const GLU: Glu = Glu {
+    k: 32,
+    gelu: None,
+    up_first: false,
+    swapped_halves: false,
+    out: DType::F8E4M3,
+    tap: None,
+};
+
+/// `quantize(act(y[.., :f]) · y[.., f:])` with `y` an FP8 linear of `x [2, 4, k]`, `f = 16`.
+fn glu_graph(glu: Glu) -> Graph {
+    let f = 16;
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F8E4M3, [2, 4, glu.k]).unwrap();
+    let w = b
+        .param("w", DType::F8E4M3, [2 * f, glu.k], Init::normal(1.0))
+        .unwrap();
+    let scale = |b: &mut Builder, name, value| b.param(name, DType::F32, [], Init::constant(value)).unwrap();
+    let (xs, ws, os) = (
+        scale(&mut b, "x_scale", 0.5),
+        scale(&mut b, "w_scale", 0.002),
+        scale(&mut b, "out_scale", 0.005),
+    );
+    let y = b.linear_fp8(x, w, xs, ws, DType::BF16).unwrap();
+    let parts = b.split(y, 2, &[f, f]).unwrap();
+    let (gate, up) = if glu.swapped_halves {
+        (parts[1], parts[0])
+    } else {
+        (parts[0], parts[1])
+    };
+    let a = match glu.gelu {
+        None => b.silu(gate),
+        Some(approx) => b.gelu(gate, approx),
+    }
+    .unwrap();
+    let h = if glu.up_first { b.mul(up, a) } else { b.mul(a, up) }.unwrap();
+    let q = b.quantize(h, os, glu.out).unwrap();
+    b.output("out", q).unwrap();
+    let tapped: Option<Tensor> = glu.tap.map(|tap| match tap {
+        "linear" => y,
+        "gate" => gate,
+        "act" => a,
+        "product" => h,
+        other => panic!("no intermediate {other}"),
+    });
+    if let Some(t) = tapped {
+        b.output("tap", t).unwrap();
+    }
+    b.finish()
+}
+
+/// `start => goal` for the `gated-linear` rule: which activation the one gated linear of the
+/// optimized graph computes, or `None` where the rule must not fire. Either way the reference
+/// gives the same bits before and after.
+#[test]
+fn gated_linear_fuses_only_a_whole_glu() {
+    let cases: &[(&str, Glu, Option<GateAct>)] = &[
+        (
+            "quantize(silu(gate) · up) => gated silu",
+            GLU,
+            Some(GateAct::Silu),
+        ),
+        (
+            "quantize(up · silu(gate)) => gated silu",
+            Glu {
+                up_first: true,
+                ..GLU
+            },
+            Some(GateAct::Silu),
+        ),
+        (
+            "tanh GELU gate => gated gelu_tanh",
+            Glu {
+                gelu: Some(GeluApprox::Tanh),
+                ..GLU
+            },
+            Some(GateAct::GeluTanh),
+        ),
+        (
+            "erf GELU gate => gated gelu_erf",
+            Glu {
+                gelu: Some(GeluApprox::None),
+                ..GLU
+            },
+            Some(GateAct::GeluErf),
+        ),
+        (
+            "quantize to e5m2 => gated, e5m2 out",
+            Glu {
+                out: DType::F8E5M2,
+                ..GLU
+            },
+            Some(GateAct::Silu),
+        ),
+        (
+            "activation of the second half => kept (another function)",
+            Glu {
+                swapped_halves: true,
+                ..GLU
+            },
+            None,
+        ),
+        (
+            "linear output read elsewhere => kept",
+            Glu {
+                tap: Some("linear"),
+                ..GLU
+            },
+            None,
+        ),
+        (
+            "gate half read elsewhere => kept",
+            Glu {
+                tap: Some("gate"),
+                ..GLU
+            },
+            None,
+        ),
+        (
+            "activation read elsewhere => kept",
+            Glu {
+                tap: Some("act"),
+                ..GLU
+            },
+            None,
+        ),
+        (
+            "product read elsewhere => kept",
+            Glu {
+                tap: Some("product"),
+                ..GLU
+            },
+            None,
+        ),
+        ("k = 24, rows TMA cannot load => kept", Glu { k: 24, ..GLU }, None),
+    ];
+    for &(what, glu, want) in cases {
+        let graph = glu_graph(glu);
+        let (optimized, report) = optimize(&graph, &Options::all_rules()).unwrap();
+        let gated: Vec<_> = optimized
+            .nodes()
+            .filter_map(|(_, n)| match n.op {
+                Op::GatedLinear { act, out, .. } => Some((act, out)),
+                _ => None,
+            })
+            .collect();
+        let fired = report.rules_fired.get("gated-linear").copied().unwrap_or(0);
+        match want {
+            Some(act) => {
+                assert_eq!(gated, [(act, glu.out)], "{what}");
+                assert!(fired > 0, "{what}");
+                let linears = optimized.nodes().filter(|(_, n)| n.op.kind() == "linear");
+                assert_eq!(linears.count(), 0, "{what}: the linear is gone");
+            }
+            None => {
+                assert!(gated.is_empty(), "{what}: {gated:?}");
+                assert_eq!(fired, 0, "{what}");
+            }
+        }
+        let (err, _) = rewrite_error(&graph, 7);
+        assert!(err == 0.0, "{what}: rel L2 {err:e}");
+    }
+    // The scales put the output across the e4m3 range, so equal bits mean equal arithmetic.
+    let graph = glu_graph(GLU);
+    let out = &evaluate(&graph, &bindings(&graph, 7)).unwrap()["out"];
+    let mut values: Vec<u32> = out.data.iter().map(|v| v.to_bits()).collect();
+    values.sort_unstable();
+    values.dedup();
+    assert!(values.len() > 40, "{} distinct values", values.len());
+}
+
+#[test]
+fn gated_gemm_reads_x_as_a_dense_matrix() {
+    // x as the first 32 of 64 features: rows 64 apart, which the gated GEMM cannot read.
+    let mut b = Builder::new();
+    let wide = b.input("wide", DType::F8E4M3, [8, 64]).unwrap();
+    let x = b.slice(wide, 1, 0, 32).unwrap();
+    let w = b.param("w", DType::F8E4M3, [32, 32], Init::normal(1.0)).unwrap();
+    let s = [0.5, 0.01, 0.02].map(|v| {
+        b.param(&format!("s{v}"), DType::F32, [], Init::constant(v))
+            .unwrap()
+    });
+    let q = b
+        .gated_linear([x, w], s, GateAct::Silu, DType::BF16, DType::F8E4M3)
+        .unwrap();
+    b.output("out", q).unwrap();
+    let p = lower(&b.finish()).unwrap();
+    assert_eq!(launches(&p), ["cast"], "x is copied first");
+    let Some(Step::GatedGemm(g)) = p.steps.last() else {
+        panic!("{p}")
+    };
+    assert_eq!((g.m, g.f, g.k), (8, 16, 32));
+    assert!(g.x.is_contiguous() && p.buffers[g.x.buffer].name != "wide");
+    assert_eq!(p.amax_slots, std::slice::from_ref(&g.node));
+}
+
+#[test]
+fn gated_gemm_needs_k_a_multiple_of_16() {
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F8E4M3, [8, 24]).unwrap();
+    let w = b.param("w", DType::F8E4M3, [32, 24], Init::normal(1.0)).unwrap();
+    let s = [0.5, 0.01, 0.02].map(|v| {
+        b.param(&format!("s{v}"), DType::F32, [], Init::constant(v))
+            .unwrap()
+    });
+    let q = b
+        .scoped("mlp.act", |b| {
+            b.gated_linear([x, w], s, GateAct::Silu, DType::BF16, DType::F8E4M3)
+        })
+        .unwrap();
+    b.output("out", q).unwrap();
+    let err = lower(&b.finish()).unwrap_err().to_string();
+    assert!(
+        err.starts_with("node 5 (gated_linear 'mlp.act'): k = 24 is not a multiple of 16"),
+        "{err}"
+    );
+}
+
 /// A line of `source` containing `needle`, so a failure shows what was generated instead.
 fn anchored(source: &str, needle: &str) {
     assert!(
@@ -513,8 +824,10 @@ fn generated_sources_have_their_anchors() {
     let fp8 = plan(&c, true);
     c.attention = AttentionPrecision::Bf16;
     let bf16 = plan(&c, true);
+    // With bf16 linears SwiGLU stays a kernel of its own (FP8 puts it in the gated GEMM).
+    let bf16_linears = plan(&c.clone().with_precision(Precision::Bf16), true);
     let source = |prefix: &str| {
-        [&fp8, &bf16]
+        [&fp8, &bf16, &bf16_linears]
             .iter()
             .flat_map(|p| &p.kernels)
             .find(|k| k.name.rsplit_once('_').unwrap().0 == prefix)
@@ -561,7 +874,8 @@ fn generated_sources_have_their_anchors() {
     );
     anchored(&rope, "constexpr int V = 8;");
 
-    let swiglu = source("silu_mul_quantize");
+    let swiglu = source("silu_mul");
+    // The up half is read in place from the packed gate/up rows (16384 wide).
     anchored(
         &swiglu,
         "load<__nv_bfloat16, V, 1>(arg1 + i0 * 33554432 + i1 * 16384 + i_last, a1);",
@@ -569,7 +883,16 @@ fn generated_sources_have_their_anchors() {
     anchored(&swiglu, "v1[j] = round_to<__nv_bfloat16>(v0[j] * a1[j]);");
     anchored(
         &swiglu,
-        "store<__nv_fp8_e4m3, V, 1>(out + i0 * 16777216 + i1 * 8192 + i_last, v2);",
+        "store<__nv_bfloat16, V, 1>(out + i0 * 16777216 + i1 * 8192 + i_last, v1);",
+    );
+
+    // The gated GEMM's header (its body is the template's own).
+    let gated = source("gated_gemm_silu");
+    anchored(&gated, "(template gated_gemm.cu.tera)");
+    anchored(&gated, "layers.0.mlp.down_proj, layers.1.mlp.down_proj");
+    anchored(
+        &gated,
+        "// out[m, f] = quantize(silu(y[:, :f]) · y[:, f:]) to f8e4m3, y = x[m, k] · w[2f, k]ᵀ in bf16",
     );
 
     let quant = source("quantize");

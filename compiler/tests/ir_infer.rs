@@ -6,8 +6,8 @@
 //! `Graph::add`, which must wrap the same mismatch in `GraphError::Invalid` naming the node.
 
 use lancet_compiler::ir::{
-    broadcast, infer, Builder, DType, GeluApprox, Graph, GraphError, Init, Mismatch, NodeId, Op, RopeStyle,
-    Shape, TensorType,
+    broadcast, infer, Builder, DType, GateAct, GeluApprox, Graph, GraphError, Init, Mismatch, NodeId, Op,
+    RopeStyle, Shape, TensorType,
 };
 
 use DType::{BF16, F16, F32, F8E4M3, F8E5M2, I32, I64};
@@ -78,6 +78,17 @@ fn fp8_attn(p_scale: f32, out: DType) -> Op {
         p_scale: fl(p_scale),
         out,
     }
+}
+
+fn gated(act: GateAct, mid: DType, out: DType) -> Op {
+    Op::GatedLinear { act, mid, out }
+}
+
+/// `x [2, 5, 64]` and a packed `w [96, 64]` in `x_dtype` and `w_dtype`, and three scalar scales.
+fn gated_inputs(x_dtype: DType, w_dtype: DType) -> Vec<TensorType> {
+    let mut inputs = vec![t(x_dtype, &[2, 5, 64]), t(w_dtype, &[96, 64])];
+    inputs.extend(std::iter::repeat_n(scalar(), 3));
+    inputs
 }
 
 /// FP8 Q, K, V (GQA) and four scalar scales.
@@ -182,6 +193,18 @@ fn valid_cases() -> Vec<Case> {
             linear(F16),
             vec![t(F8E4M3, &[3, 16]), t(F8E5M2, &[8, 16]), scalar(), scalar()],
             Ok(t(F16, &[3, 8])),
+        ),
+        case(
+            "gated linear halves the packed width",
+            gated(GateAct::Silu, BF16, F8E4M3),
+            gated_inputs(F8E4M3, F8E4M3),
+            Ok(t(F8E4M3, &[2, 5, 48])),
+        ),
+        case(
+            "gated linear e5m2 in and out, f32 mid",
+            gated(GateAct::GeluErf, F32, F8E5M2),
+            gated_inputs(F8E5M2, F8E5M2),
+            Ok(t(F8E5M2, &[2, 5, 48])),
         ),
         case(
             "reshape",
@@ -603,6 +626,86 @@ fn invalid_cases() -> Vec<Case> {
             vec![fp8_x(), fp8_w(), scalar(), t(F32, &[8])],
             Sh("w_scale must be an f32 scalar, got f32[8]"),
         ),
+        case(
+            "gated linear 4 operands",
+            gated(GateAct::Silu, BF16, F8E4M3),
+            gated_inputs(F8E4M3, F8E4M3)[..4].to_vec(),
+            Arity(4),
+        ),
+        case(
+            "gated linear bf16 x",
+            gated(GateAct::Silu, BF16, F8E4M3),
+            gated_inputs(BF16, BF16),
+            Dt("input is bf16 and weight is bf16: both must be one FP8 type"),
+        ),
+        case(
+            "gated linear mixed FP8 types",
+            gated(GateAct::Silu, BF16, F8E4M3),
+            gated_inputs(F8E4M3, F8E5M2),
+            Dt("input is f8e4m3 and weight is f8e5m2: both must be one FP8 type"),
+        ),
+        case(
+            "gated linear fp8 mid",
+            gated(GateAct::Silu, F8E4M3, F8E4M3),
+            gated_inputs(F8E4M3, F8E4M3),
+            Dt("mid must be f32, bf16 or f16, got f8e4m3"),
+        ),
+        case(
+            "gated linear to bf16",
+            gated(GateAct::Silu, BF16, BF16),
+            gated_inputs(F8E4M3, F8E4M3),
+            Dt("the output must be an FP8 type, not bf16"),
+        ),
+        case(
+            "gated linear 3-d weight",
+            gated(GateAct::Silu, BF16, F8E4M3),
+            {
+                let mut inputs = gated_inputs(F8E4M3, F8E4M3);
+                inputs[1] = t(F8E4M3, &[2, 48, 64]);
+                inputs
+            },
+            Sh("weight must be [out_features, in_features], got [2, 48, 64]"),
+        ),
+        case(
+            "gated linear odd rows",
+            gated(GateAct::Silu, BF16, F8E4M3),
+            {
+                let mut inputs = gated_inputs(F8E4M3, F8E4M3);
+                inputs[1] = t(F8E4M3, &[95, 64]);
+                inputs
+            },
+            Sh("weight [95, 64] must stack gate and up rows: it needs an even number of rows"),
+        ),
+        case(
+            "gated linear feature mismatch",
+            gated(GateAct::Silu, BF16, F8E4M3),
+            {
+                let mut inputs = gated_inputs(F8E4M3, F8E4M3);
+                inputs[1] = t(F8E4M3, &[96, 32]);
+                inputs
+            },
+            Sh("input has 64 features, weight expects 32"),
+        ),
+        case(
+            "gated linear vector w_scale",
+            gated(GateAct::Silu, BF16, F8E4M3),
+            {
+                let mut inputs = gated_inputs(F8E4M3, F8E4M3);
+                inputs[3] = t(F32, &[96]);
+                inputs
+            },
+            Sh("w_scale must be an f32 scalar, got f32[96]"),
+        ),
+        case(
+            "gated linear bf16 out_scale",
+            gated(GateAct::Silu, BF16, F8E4M3),
+            {
+                let mut inputs = gated_inputs(F8E4M3, F8E4M3);
+                inputs[4] = t(BF16, &[]);
+                inputs
+            },
+            Sh("out_scale must be an f32 scalar, got bf16[]"),
+        ),
         // Views.
         case(
             "reshape count",
@@ -1003,7 +1106,7 @@ fn check(c: &Case) {
 fn every_op_infers_its_output_type() {
     let cases = valid_cases();
     let kinds: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.op.kind()).collect();
-    assert_eq!(kinds.len(), 21, "one valid case per op at least, got {kinds:?}");
+    assert_eq!(kinds.len(), 22, "one valid case per op at least, got {kinds:?}");
     for c in &cases {
         check(c);
     }

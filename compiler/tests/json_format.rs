@@ -3,6 +3,7 @@
 
 use lancet_compiler::ir::{json, Graph};
 use lancet_compiler::models::{LlamaConfig, Precision};
+use lancet_compiler::rewrite::{optimize, Options};
 use serde_json::Value;
 
 fn preset(name: &str, precision: Precision) -> Graph {
@@ -43,6 +44,21 @@ fn full_model_with_embedding_round_trips() {
     let graph = config.build().unwrap();
     let back = json::from_str(&json::to_string(&graph), "g.json").unwrap();
     assert_same(&graph, &back);
+}
+
+#[test]
+fn rewritten_graph_round_trips_with_its_gated_linears() {
+    let (optimized, _) = optimize(&preset("llama-3.2-1b", Precision::Fp8), &Options::all_rules()).unwrap();
+    let text = json::to_string(&optimized);
+    let back = json::from_str(&text, "g.json").unwrap();
+    assert_same(&optimized, &back);
+    let value: Value = serde_json::from_str(&text).unwrap();
+    let gated = &value["nodes"][node_index(&value, "gated_linear")];
+    assert_eq!(
+        [&gated["act"], &gated["mid"], &gated["out"]],
+        ["silu", "bf16", "f8e4m3"]
+    );
+    assert_eq!(gated["inputs"].as_array().map(Vec::len), Some(5));
 }
 
 /// Serialises the tiny preset, lets `edit` corrupt the JSON value, and returns the load error.

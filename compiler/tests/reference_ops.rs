@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use lancet_compiler::ir::{Builder, DType, GeluApprox, Init, NodeId, RopeStyle, Shape};
+use lancet_compiler::ir::{Builder, DType, GateAct, GeluApprox, Init, NodeId, RopeStyle, Shape};
 use lancet_compiler::reference::numerics::{round_to, E4M3_MAX, E5M2_MAX};
 use lancet_compiler::reference::{self, rel_l2, Array, Bindings, EvalError};
 use lancet_compiler::weights;
@@ -582,6 +582,62 @@ fn fp8_linear_multiplies_by_both_scales() {
             } else {
                 assert!(out.data.iter().all(|&v| is_bf16(v)));
                 assert_rel_l2(&out.data, &want, 2e-3, "fp8 linear, bf16 out");
+            }
+        }
+    }
+}
+
+#[test]
+fn gated_linear_is_bit_identical_to_the_chain_it_replaces() {
+    // One graph computes both: the unfused FP8 linear → split → act → mul → quantize, and the
+    // gated linear over the same operands. Rounding happens at the same points, so the bits agree.
+    let mut rng = Rng(7);
+    let (k, f) = (32, 24);
+    for x_dims in [vec![5, k], vec![2, 3, k]] {
+        let x = random_e4m3(&mut rng, numel(&x_dims));
+        let w = random_e4m3(&mut rng, 2 * f * k);
+        for act in [GateAct::Silu, GateAct::GeluTanh, GateAct::GeluErf] {
+            for out in [F8E4M3, F8E5M2] {
+                let mut b = Builder::new();
+                let xi = b.input("x", F8E4M3, &x_dims[..]).unwrap();
+                let wi = b
+                    .param("w", F8E4M3, [2 * f, k], Init::Normal { std: fl(1.0) })
+                    .unwrap();
+                let scales = ["x_scale", "w_scale", "out_scale"].map(|n| b.input(n, F32, []).unwrap());
+                let y = b.linear_fp8(xi, wi, scales[0], scales[1], BF16).unwrap();
+                let parts = b.split(y, x_dims.len() - 1, &[f, f]).unwrap();
+                let a = match act {
+                    GateAct::Silu => b.silu(parts[0]),
+                    GateAct::GeluTanh => b.gelu(parts[0], GeluApprox::Tanh),
+                    GateAct::GeluErf => b.gelu(parts[0], GeluApprox::None),
+                }
+                .unwrap();
+                let h = b.mul(a, parts[1]).unwrap();
+                let unfused = b.quantize(h, scales[2], out).unwrap();
+                let fused = b.gated_linear([xi, wi], scales, act, BF16, out).unwrap();
+                b.output("unfused", unfused).unwrap();
+                b.output("fused", fused).unwrap();
+                let bindings = bind(vec![
+                    ("x", arr(&x_dims, x.clone())),
+                    ("w", arr(&[2 * f, k], w.clone())),
+                    ("x_scale", Array::scalar(0.01)),
+                    ("w_scale", Array::scalar(0.002)),
+                    ("out_scale", Array::scalar(0.02)),
+                ]);
+                let mut outputs = reference::evaluate(&b.finish(), &bindings).unwrap();
+                let (want, got) = (
+                    outputs.remove("unfused").unwrap(),
+                    outputs.remove("fused").unwrap(),
+                );
+                let what = format!("{act:?} to {out}, x {x_dims:?}");
+                assert_eq!(got.shape, want.shape, "{what}");
+                let bits = |a: &Array| a.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{what}");
+                // Not a vacuous match: the values spread over the FP8 range.
+                let mut distinct = bits(&got);
+                distinct.sort_unstable();
+                distinct.dedup();
+                assert!(distinct.len() > 50, "{what}: {} distinct values", distinct.len());
             }
         }
     }

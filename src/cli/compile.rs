@@ -26,6 +26,11 @@ pub struct CompileArgs {
     /// Fusion rules (off: one kernel per glue op, the unfused baseline).
     #[arg(long, value_enum, default_value = "on")]
     pub fusion: Switch,
+    /// With fusion, a gated linear unit (SwiGLU, GeGLU) and its FP8 quantize in the epilogue of
+    /// lancet's own FP8 GEMM kernel instead of a cuBLASLt GEMM and a glue kernel (opt-in until
+    /// it has been checked on an H100).
+    #[arg(long, value_enum, default_value = "off")]
+    pub gated_gemm: Switch,
     /// GPU architecture to compile for.
     #[arg(long, default_value = "sm_90a")]
     pub arch: String,
@@ -45,6 +50,7 @@ impl CompileArgs {
         CompileOptions {
             rewrite: Options {
                 fusion: self.fusion == Switch::On,
+                gated_gemm: self.gated_gemm == Switch::On,
                 ..Options::default()
             },
             jit: JitOptions {
@@ -150,8 +156,12 @@ fn dump(dir: &Path, before: &lancet_compiler::ir::Graph, c: &Compiled) -> Result
 fn print_report(title: &str, c: &Compiled) {
     let plan = &c.plan;
     println!("{title}\n");
+    let gated = match plan.gated_gemms() {
+        0 => String::new(),
+        n => format!(", {n} gated GEMMs"),
+    };
     println!(
-        "plan: {} kernel launches ({} unique kernels), {} GEMMs, {} attention calls; arena {} (unplanned {})\n",
+        "plan: {} kernel launches ({} unique kernels), {} GEMMs{gated}, {} attention calls; arena {} (unplanned {})\n",
         plan.kernel_launches(),
         plan.kernels.len(),
         plan.gemms(),
@@ -168,11 +178,7 @@ fn print_report(title: &str, c: &Compiled) {
         "compile",
     ]);
     for (i, k) in plan.kernels.iter().enumerate() {
-        let launches = plan
-            .steps
-            .iter()
-            .filter(|s| matches!(s, lancet_compiler::lower::Step::Kernel(step) if step.kernel == i))
-            .count();
+        let launches = plan.launches_of(i);
         let (regs, spills, how) = match &c.cubins {
             Ok(comp) => {
                 let ck = &comp.kernels[i];
@@ -250,6 +256,7 @@ fn report_json(title: &str, c: &Compiled) -> serde_json::Value {
         "kernel_launches": c.plan.kernel_launches(),
         "unique_kernels": c.plan.kernels.len(),
         "gemms": c.plan.gemms(),
+        "gated_gemms": c.plan.gated_gemms(),
         "attention_calls": c.plan.attentions(),
         "arena_bytes": c.plan.arena_bytes,
         "unplanned_bytes": c.plan.unplanned_bytes,

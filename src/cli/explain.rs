@@ -35,6 +35,7 @@ fn traffic(plan: &Plan, layer: Option<&str>) -> Traffic {
         let names: Vec<&str> = match step {
             Step::Kernel(k) => k.nodes.iter().map(String::as_str).collect(),
             Step::Gemm(g) => vec![g.node.as_str()],
+            Step::GatedGemm(g) => vec![g.node.as_str()],
             Step::Attention(a) => vec![a.node.as_str()],
         };
         if let Some(prefix) = layer {
@@ -44,7 +45,7 @@ fn traffic(plan: &Plan, layer: Option<&str>) -> Traffic {
         }
         match step {
             Step::Kernel(_) => t.kernels += 1,
-            Step::Gemm(_) => t.gemms += 1,
+            Step::Gemm(_) | Step::GatedGemm(_) => t.gemms += 1,
             Step::Attention(_) => t.attention += 1,
         }
         // Scales are a few bytes; count each view's elements once per step.

@@ -17,20 +17,27 @@ use crate::support::{device, fail, gpu_present, gpu_trial, seed, within};
 /// Runs `graph` on the GPU (fusion on or off) and checks every output against the reference
 /// interpreter evaluated with the same parameters (calibrated scales included) and inputs.
 fn check(graph: &Graph, fusion: bool, tolerance: f64) -> Result<String, Failed> {
-    check_with(graph, fusion, false, tolerance)
+    let rewrite = Options {
+        fusion,
+        ..Options::default()
+    };
+    check_with(graph, &rewrite, false, tolerance)
 }
 
 /// [`check`], choosing the FP8 GEMMs' accumulation. The reference sums in f32; fast accumulation
 /// sums differently, and each later FP8 quantization turns such small differences into whole
 /// e4m3 steps for the values they push across a rounding boundary.
-fn check_with(graph: &Graph, fusion: bool, fast_accum: bool, tolerance: f64) -> Result<String, Failed> {
+pub fn check_with(
+    graph: &Graph,
+    rewrite: &Options,
+    fast_accum: bool,
+    tolerance: f64,
+) -> Result<String, Failed> {
     let device = device()?;
+    let fusion = rewrite.fusion;
     let options = SessionOptions {
         compile: CompileOptions {
-            rewrite: Options {
-                fusion,
-                ..Options::default()
-            },
+            rewrite: rewrite.clone(),
             ..CompileOptions::default()
         },
         seed: seed(),
@@ -40,6 +47,11 @@ fn check_with(graph: &Graph, fusion: bool, fast_accum: bool, tolerance: f64) -> 
     };
     let session =
         open(device, graph, &Data::default(), &options, &|_| ()).map_err(|e| fail(format!("{e:#}")))?;
+    if rewrite.gated_gemm && session.compiled.plan.gated_gemms() == 0 {
+        return Err(fail(
+            "gated GEMM asked for, but the plan has none: the test would not exercise it",
+        ));
+    }
     session.exe.poison_outputs().map_err(fail)?;
     session.exe.run().map_err(fail)?;
     let got = session.exe.outputs().map_err(fail)?;
@@ -56,8 +68,9 @@ fn check_with(graph: &Graph, fusion: bool, fast_accum: bool, tolerance: f64) -> 
         report.push(format!("{name} rel L2 {err:.2e}"));
     }
     let line = format!(
-        "check exec {}; fusion {fusion}; fast accumulation {fast_accum}",
-        report.join(", ")
+        "check exec {}; fusion {fusion}; gated GEMM {}; fast accumulation {fast_accum}",
+        report.join(", "),
+        rewrite.gated_gemm
     );
     eprintln!("{line}");
     Ok(line)
@@ -171,7 +184,7 @@ fn kernel_case(build: Build, tolerance: f64, fusion: bool) -> Result<(), Failed>
 
 /// The precision of a model's linears and attention.
 #[derive(Clone, Copy, Debug)]
-enum Mode {
+pub enum Mode {
     Bf16,
     /// FP8 linears, bf16 attention (with the attention-output quantize pass).
     Fp8Linears,
@@ -179,7 +192,7 @@ enum Mode {
     Fp8,
 }
 
-fn model(name: &str, layers: usize, batch: usize, seq: usize, mode: Mode, vocab: Option<usize>) -> Graph {
+pub fn model(name: &str, layers: usize, batch: usize, seq: usize, mode: Mode, vocab: Option<usize>) -> Graph {
     let mut c = LlamaConfig::preset(name).expect("preset");
     c.layers = layers;
     c.batch = batch;
@@ -278,7 +291,7 @@ pub fn trials() -> Vec<Trial> {
         let name = format!("exec::model::llama_1b_2_layers_{label}_seq64::fast_accumulation");
         trials.push(fp8_attention_trial(name, mode, move || {
             let graph = model("llama-3.2-1b", 2, 1, 64, mode, None);
-            check_with(&graph, true, true, 6e-2).map(|_| ())
+            check_with(&graph, &Options::default(), true, 6e-2).map(|_| ())
         }));
     }
     for (label, precision) in [("fp8", Precision::Fp8), ("bf16", Precision::Bf16)] {

@@ -6,12 +6,13 @@
 
 mod attention;
 mod exec;
+mod gated_gemm;
 mod gemm;
 mod support;
 
 use libtest_mimic::{Arguments, Trial};
 
-const TRIALS: &[fn() -> Vec<Trial>] = &[attention::trials, exec::trials, gemm::trials];
+const TRIALS: &[fn() -> Vec<Trial>] = &[attention::trials, exec::trials, gated_gemm::trials, gemm::trials];
 
 fn main() {
     let mut args = Arguments::from_args();

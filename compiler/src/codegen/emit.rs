@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use tera::Context;
 
-use super::{templates, Access, JobSpec, Kernel, KernelSpec};
+use super::{templates, Access, Generated, JobSpec, Kernel, KernelSpec};
 use crate::ir::{DType, GeluApprox, Op, Operand, RopeStyle};
 
 const NAME: &str = "__LANCET_KERNEL__";
@@ -414,7 +414,7 @@ fn row(spec: &KernelSpec) -> String {
 }
 
 /// FNV-1a: a stable content hash for kernel names (std's hashers may change between releases).
-fn fnv1a(text: &str) -> u64 {
+pub(crate) fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
@@ -472,7 +472,7 @@ pub fn kernel(spec: KernelSpec, nodes: Vec<String>) -> Kernel {
         },
         header,
         body,
-        spec,
+        spec: Generated::Fused(spec),
         nodes,
     }
 }

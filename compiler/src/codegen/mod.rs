@@ -1,12 +1,16 @@
-//! Code generation: each unique fused kernel becomes CUDA C++ from a `tera` template.
+//! Code generation: each unique generated kernel becomes CUDA C++ from a `tera` template.
 //!
-//! A kernel is described by its [`KernelSpec`] — programs, iteration shapes, and how each
-//! argument is laid out in memory — and nothing else: buffer offsets are passed as pointers at
-//! launch, so the eight layers of a model share one spec, one source and one compile. Sources
-//! are named after their content hash, so the same kernel in two models is the same cubin.
+//! A fused kernel is described by its [`KernelSpec`] — programs, iteration shapes, and how each
+//! argument is laid out in memory — and a gated GEMM by its [`GatedGemmSpec`]; nothing else:
+//! buffer offsets are passed as pointers at launch, so the eight layers of a model share one
+//! spec, one source and one compile. Sources are named after their content hash, so the same
+//! kernel in two models is the same cubin.
 
 mod emit;
+pub mod gated_gemm;
 mod templates;
+
+pub use gated_gemm::GatedGemmSpec;
 
 use serde::Serialize;
 
@@ -247,10 +251,30 @@ pub(crate) struct RowGeometry {
     pub grid: usize,
 }
 
+/// What a generated kernel computes: everything that determines its source, by kind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Generated {
+    /// Elementwise or row programs (`elementwise.cu.tera`, `row.cu.tera`).
+    Fused(KernelSpec),
+    /// A GEMM with a gated-linear-unit epilogue (`gated_gemm.cu.tera`).
+    GatedGemm(GatedGemmSpec),
+}
+
+impl Generated {
+    /// The fused kernel's spec (`None` for a gated GEMM).
+    pub fn fused(&self) -> Option<&KernelSpec> {
+        match self {
+            Generated::Fused(spec) => Some(spec),
+            Generated::GatedGemm(_) => None,
+        }
+    }
+}
+
 /// A generated kernel: its entry point, CUDA source and the graph nodes it implements.
 #[derive(Clone, Debug, Serialize)]
 pub struct Kernel {
-    /// The `extern "C"` entry point, `<ops>_<content hash>`.
+    /// The `extern "C"` entry point, `<ops>_<content hash>` (`gated_gemm_<act>_<hash>`).
     pub name: String,
     /// Which template made it.
     pub template: &'static str,
@@ -258,7 +282,7 @@ pub struct Kernel {
     pub header: String,
     /// The compilable source (without the header): what the JIT cache keys on.
     pub body: String,
-    pub spec: KernelSpec,
+    pub spec: Generated,
     pub nodes: Vec<String>,
 }
 
@@ -270,6 +294,9 @@ impl Kernel {
 }
 
 /// Generates the source of kernel `spec`, which implements graph `nodes`.
-pub fn generate(spec: KernelSpec, nodes: Vec<String>) -> Kernel {
-    emit::kernel(spec, nodes)
+pub fn generate(spec: Generated, nodes: Vec<String>) -> Kernel {
+    match spec {
+        Generated::Fused(spec) => emit::kernel(spec, nodes),
+        Generated::GatedGemm(spec) => gated_gemm::generate(spec, nodes),
+    }
 }

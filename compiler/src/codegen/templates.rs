@@ -1,5 +1,5 @@
 //! The `tera` templates, embedded in the binary so a lancet executable generates kernels on its
-//! own. One template per kernel kind; `common.cu.tera` holds the helpers both include.
+//! own. One template per kernel kind; `common.cu.tera` holds the helpers the others include.
 
 use std::sync::OnceLock;
 
@@ -15,6 +15,10 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../templates/elementwise.cu.tera"),
     ),
     ("row.cu.tera", include_str!("../../../templates/row.cu.tera")),
+    (
+        "gated_gemm.cu.tera",
+        include_str!("../../../templates/gated_gemm.cu.tera"),
+    ),
 ];
 
 fn tera() -> &'static Tera {

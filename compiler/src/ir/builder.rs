@@ -16,7 +16,8 @@
 //! ```
 
 use super::{
-    DType, GeluApprox, Graph, GraphError, Init, NodeId, Op, RopeScaling, RopeStyle, Shape, TensorType,
+    DType, GateAct, GeluApprox, Graph, GraphError, Init, NodeId, Op, RopeScaling, RopeStyle, Shape,
+    TensorType,
 };
 
 /// A handle to a node while building; it is the node's id.
@@ -117,6 +118,23 @@ impl Builder {
         out: DType,
     ) -> Result<Tensor> {
         self.node(Op::Linear { out }, &[x, w, x_scale, w_scale])
+    }
+
+    /// A gated linear unit and the quantize of its result in one op (see [`Op::GatedLinear`]):
+    /// what rewriting makes of `quantize(act(gate) · up)` over an FP8 linear, for tests and
+    /// hand-built graphs.
+    pub fn gated_linear(
+        &mut self,
+        [x, w]: [Tensor; 2],
+        [x_scale, w_scale, out_scale]: [Tensor; 3],
+        act: GateAct,
+        mid: DType,
+        out: DType,
+    ) -> Result<Tensor> {
+        self.node(
+            Op::GatedLinear { act, mid, out },
+            &[x, w, x_scale, w_scale, out_scale],
+        )
     }
 
     pub fn reshape(&mut self, x: Tensor, shape: impl Into<Shape>) -> Result<Tensor> {

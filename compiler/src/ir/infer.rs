@@ -14,6 +14,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, Mismatch> {
         Op::LayerNorm { eps } => norm(inputs, 3, "3 (x, gain, bias)", eps.get()),
         Op::Linear { out } => linear(inputs, *out),
         Op::LinearAdd { out } => linear_add(inputs, *out),
+        Op::GatedLinear { mid, out, .. } => gated_linear(inputs, *mid, *out),
         Op::Fused { program } => Ok(program.infer(inputs)?.pop().expect("programs are non-empty")),
         Op::Reshape { shape } => reshape(inputs, shape),
         Op::Permute { perm } => permute(inputs, perm),
@@ -208,6 +209,40 @@ fn linear_add(inputs: &[&TensorType], out: DType) -> Result<TensorType, Mismatch
         )));
     }
     Ok(ty)
+}
+
+/// An FP8 linear into a packed `[gate, up]` of `mid` values, halved by the gate, quantized.
+fn gated_linear(inputs: &[&TensorType], mid: DType, out: DType) -> Result<TensorType, Mismatch> {
+    arity(inputs, 5, "5 (x, w, x_scale, w_scale, out_scale)")?;
+    let (x, w) = (inputs[0], inputs[1]);
+    if !x.dtype.is_fp8() || w.dtype != x.dtype {
+        return Err(Mismatch::DType(format!(
+            "input is {} and weight is {}: both must be one FP8 type",
+            x.dtype, w.dtype
+        )));
+    }
+    if !mid.is_float() || mid.is_fp8() {
+        return Err(Mismatch::DType(format!(
+            "mid must be f32, bf16 or f16, got {mid}"
+        )));
+    }
+    let ty = linear(&inputs[..4], mid)?;
+    let rows = w.shape.0[0];
+    if rows % 2 != 0 {
+        return Err(Mismatch::Shape(format!(
+            "weight {} must stack gate and up rows: it needs an even number of rows",
+            w.shape
+        )));
+    }
+    scalar_f32(inputs[4], "out_scale")?;
+    if !out.is_fp8() {
+        return Err(Mismatch::DType(format!(
+            "the output must be an FP8 type, not {out}"
+        )));
+    }
+    let mut dims = ty.shape.0;
+    *dims.last_mut().expect("linear outputs have rank >= 1") = rows / 2;
+    Ok(TensorType::new(out, dims))
 }
 
 fn reshape(inputs: &[&TensorType], shape: &Shape) -> Result<TensorType, Mismatch> {

@@ -23,6 +23,6 @@ pub use error::{GraphError, Mismatch};
 pub use float::Float;
 pub use graph::{Graph, Node, NodeId};
 pub use infer::{broadcast, infer};
-pub use op::{GeluApprox, Init, Op, RopeScaling, RopeStyle};
+pub use op::{GateAct, GeluApprox, Init, Op, RopeScaling, RopeStyle};
 pub use program::{Instr, Operand, Origin, Program};
 pub use shape::{Shape, TensorType};

@@ -37,6 +37,19 @@ pub enum GeluApprox {
     Tanh,
 }
 
+/// The activation of a gated linear unit's gate half ([`Op::GatedLinear`]): SwiGLU's SiLU or
+/// GeGLU's GELU in either formula.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateAct {
+    /// `x · sigmoid(x)` ([`Op::Silu`]).
+    Silu,
+    /// The tanh approximation of GELU ([`Op::Gelu`] with [`GeluApprox::Tanh`]).
+    GeluTanh,
+    /// The exact, erf-based GELU ([`Op::Gelu`] with [`GeluApprox::None`]).
+    GeluErf,
+}
+
 /// How a parameter is filled when no checkpoint provides it (deterministic, from a seed).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -123,6 +136,14 @@ pub enum Op {
     /// A linear whose result is added to `residual` in the GEMM's epilogue (`C` with β = 1),
     /// rounded once: operands `(x, w, [x_scale, w_scale,] residual)`.
     LinearAdd { out: DType },
+    /// A gated linear unit (SwiGLU, GeGLU) and the FP8 quantize of its result, made by
+    /// rewriting: operands `(x [..., k], w [2f, k], x_scale [], w_scale [], out_scale [])` with
+    /// `x` and `w` in one FP8 type, output `[..., f]` in the FP8 type `out`. Exactly the unfused
+    /// chain it replaces, rounded where that chain stores values: `y = x · wᵀ · x_scale · w_scale`
+    /// rounded to `mid`; `gate = y[..., :f]`, `up = y[..., f:]`; `h = act(gate)` rounded to
+    /// `mid`, times `up`, rounded to `mid` again; the result is `h` quantized with `out_scale` as
+    /// [`Op::Quantize`] does.
+    GatedLinear { act: GateAct, mid: DType, out: DType },
 }
 
 impl Init {
@@ -132,6 +153,44 @@ impl Init {
 
     pub fn constant(value: f32) -> Self {
         Init::Const { value: Float(value) }
+    }
+}
+
+impl GateAct {
+    /// The activation of a gate op (`silu`, `gelu`), if it is one.
+    pub fn of(op: &Op) -> Option<GateAct> {
+        match op {
+            Op::Silu => Some(GateAct::Silu),
+            Op::Gelu {
+                approx: GeluApprox::Tanh,
+            } => Some(GateAct::GeluTanh),
+            Op::Gelu {
+                approx: GeluApprox::None,
+            } => Some(GateAct::GeluErf),
+            _ => None,
+        }
+    }
+
+    /// The unfused op that computes this activation: [`GateAct::of`]'s inverse.
+    pub fn op(self) -> Op {
+        match self {
+            GateAct::Silu => Op::Silu,
+            GateAct::GeluTanh => Op::Gelu {
+                approx: GeluApprox::Tanh,
+            },
+            GateAct::GeluErf => Op::Gelu {
+                approx: GeluApprox::None,
+            },
+        }
+    }
+
+    /// The name JSON, plans and kernel names use: `silu`, `gelu_tanh` or `gelu_erf`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GateAct::Silu => "silu",
+            GateAct::GeluTanh => "gelu_tanh",
+            GateAct::GeluErf => "gelu_erf",
+        }
     }
 }
 
@@ -162,6 +221,7 @@ impl Op {
             Op::Output => "output",
             Op::Fused { .. } => "fused",
             Op::LinearAdd { .. } => "linear_add",
+            Op::GatedLinear { .. } => "gated_linear",
         }
     }
 

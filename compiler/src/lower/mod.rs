@@ -16,10 +16,13 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use crate::codegen::{self, JobSpec, KernelSpec};
+use crate::codegen::gated_gemm::K_MULTIPLE;
+use crate::codegen::{self, GatedGemmSpec, Generated, JobSpec, KernelSpec};
 use crate::ir::{DType, Graph, Instr, NodeId, Op, Operand, Origin, Program, RopeScaling};
 pub use layout::{BufferId, View};
-pub use plan::{AttentionStep, Buffer, BufferKind, Fp8Scales, GemmStep, KernelStep, Plan, Step};
+pub use plan::{
+    AttentionStep, Buffer, BufferKind, Fp8Scales, GatedGemmStep, GemmStep, KernelStep, Plan, Step,
+};
 
 /// A graph lowering cannot handle.
 #[derive(Debug, Error)]
@@ -37,9 +40,9 @@ struct Lowering<'g> {
     graph: &'g Graph,
     buffers: Vec<Buffer>,
     steps: Vec<Step>,
-    /// The spec of every kernel step (indexed by `KernelStep::kernel` until `finish` dedups them
-    /// into [`Plan::kernels`]).
-    specs: Vec<KernelSpec>,
+    /// The spec of every generated-kernel step (indexed by `KernelStep::kernel` and
+    /// `GatedGemmStep::kernel` until `finish` dedups them into [`Plan::kernels`]).
+    specs: Vec<Generated>,
     /// Each lowered node's value, by node id.
     values: Vec<Option<View>>,
     amax_slots: Vec<String>,
@@ -188,6 +191,9 @@ impl<'g> Lowering<'g> {
                 out
             }
             Op::Linear { .. } | Op::LinearAdd { .. } => self.gemm(id, args)?,
+            &Op::GatedLinear { act, mid, out } => {
+                self.gated_gemm(id, args, GatedGemmSpec { act, mid, out })?
+            }
             Op::Attention { causal, scale } => self.attention(id, &args, *causal, scale.get(), None),
             Op::Fp8Attention {
                 causal,
@@ -344,6 +350,54 @@ impl<'g> Lowering<'g> {
         Ok(out)
     }
 
+    /// A gated GEMM step: `x` as a dense row-major `[m, k]` matrix (copied when it is not one),
+    /// the weight contiguous, a fresh output and an amax slot named after the node.
+    fn gated_gemm(&mut self, id: NodeId, args: Vec<View>, spec: GatedGemmSpec) -> Result<View, LowerError> {
+        let node = self.graph.node(id);
+        let k = args[0]
+            .shape
+            .last()
+            .copied()
+            .expect("linear inputs have rank >= 1");
+        if k % K_MULTIPLE != 0 {
+            return Err(self.unsupported(
+                id,
+                format!(
+                    "k = {k} is not a multiple of {K_MULTIPLE}: the gated GEMM loads rows of x and w \
+                     with TMA, whose row pitch must be a multiple of 16 bytes"
+                ),
+            ));
+        }
+        let x = match args[0].as_matrix() {
+            Some((_, _, ld)) if ld == k => args[0].clone(),
+            _ => self.copy(&node.name, &args[0]),
+        };
+        let (m, _, _) = x.as_matrix().expect("copies are matrices");
+        let w = if args[1].is_contiguous() {
+            args[1].clone()
+        } else {
+            self.copy(&node.name, &args[1])
+        };
+        let out = self.activation(&node.name, node.ty.dtype, node.ty.shape.dims());
+        self.amax_slots.push(node.name.clone());
+        self.specs.push(Generated::GatedGemm(spec));
+        self.steps.push(Step::GatedGemm(GatedGemmStep {
+            kernel: self.specs.len() - 1,
+            x,
+            w,
+            x_scale: args[2].clone(),
+            w_scale: args[3].clone(),
+            out_scale: args[4].clone(),
+            out: out.clone(),
+            m,
+            f: node.ty.shape.last(),
+            k,
+            amax_slot: self.amax_slots.len() - 1,
+            node: node.name.clone(),
+        }));
+        Ok(out)
+    }
+
     fn kernel(&mut self, name: &str, program: Program, mut args: Vec<View>, out: View) {
         // Each RoPE reads its (cos, sin) table as an extra argument after the program's own.
         for instr in &program.instrs {
@@ -380,7 +434,7 @@ impl<'g> Lowering<'g> {
         let job = JobSpec::new(program, &args, &out);
         let spec = KernelSpec { jobs: vec![job] };
         let (grid, block) = spec.launch();
-        self.specs.push(spec);
+        self.specs.push(Generated::Fused(spec));
         self.steps.push(Step::Kernel(KernelStep {
             kernel: self.specs.len() - 1,
             args: vec![args],
@@ -402,7 +456,7 @@ impl<'g> Lowering<'g> {
         let mut merged: Vec<Step> = Vec::with_capacity(self.steps.len());
         for step in std::mem::take(&mut self.steps) {
             if let (Some(Step::Kernel(prev)), Step::Kernel(next)) = (merged.last_mut(), &step) {
-                let (a, b) = (&self.specs[prev.kernel], &self.specs[next.kernel]);
+                let (a, b) = (self.fused(prev.kernel), self.fused(next.kernel));
                 let independent = next
                     .args
                     .iter()
@@ -412,7 +466,7 @@ impl<'g> Lowering<'g> {
                     let mut spec = a.clone();
                     spec.jobs.extend(b.jobs.iter().cloned());
                     let (grid, block) = spec.launch();
-                    self.specs.push(spec);
+                    self.specs.push(Generated::Fused(spec));
                     prev.kernel = self.specs.len() - 1;
                     prev.args.extend(next.args.iter().cloned());
                     prev.outs.extend(next.outs.iter().cloned());
@@ -428,25 +482,37 @@ impl<'g> Lowering<'g> {
         self.steps = merged;
     }
 
+    /// The spec of kernel step `kernel`, which lowering only ever gives fused kernels.
+    fn fused(&self, kernel: usize) -> &KernelSpec {
+        self.specs[kernel]
+            .fused()
+            .expect("kernel steps run fused kernels")
+    }
+
     fn finish(mut self) -> Result<Plan, LowerError> {
         // Unique kernels: steps with equal specs share one kernel (and one compile).
-        let mut unique: HashMap<&KernelSpec, usize> = HashMap::new();
+        let mut unique: HashMap<&Generated, usize> = HashMap::new();
         let mut kernel_of_spec = vec![usize::MAX; self.specs.len()];
-        let mut kernels: Vec<(KernelSpec, Vec<String>)> = Vec::new();
+        let mut kernels: Vec<(Generated, Vec<String>)> = Vec::new();
         for step in &self.steps {
-            if let Step::Kernel(k) = step {
-                let spec = &self.specs[k.kernel];
-                let index = *unique.entry(spec).or_insert_with(|| {
-                    kernels.push((spec.clone(), Vec::new()));
-                    kernels.len() - 1
-                });
-                kernel_of_spec[k.kernel] = index;
-                kernels[index].1.extend(k.nodes.iter().cloned());
-            }
+            let (kernel, nodes) = match step {
+                Step::Kernel(k) => (k.kernel, &k.nodes[..]),
+                Step::GatedGemm(g) => (g.kernel, std::slice::from_ref(&g.node)),
+                Step::Gemm(_) | Step::Attention(_) => continue,
+            };
+            let spec = &self.specs[kernel];
+            let index = *unique.entry(spec).or_insert_with(|| {
+                kernels.push((spec.clone(), Vec::new()));
+                kernels.len() - 1
+            });
+            kernel_of_spec[kernel] = index;
+            kernels[index].1.extend(nodes.iter().cloned());
         }
         for step in &mut self.steps {
-            if let Step::Kernel(k) = step {
-                k.kernel = kernel_of_spec[k.kernel];
+            match step {
+                Step::Kernel(k) => k.kernel = kernel_of_spec[k.kernel],
+                Step::GatedGemm(g) => g.kernel = kernel_of_spec[g.kernel],
+                Step::Gemm(_) | Step::Attention(_) => {}
             }
         }
         let kernels = kernels
@@ -513,6 +579,7 @@ pub fn step_views(step: &Step) -> Vec<&View> {
             v.extend(&g.residual);
             v
         }
+        Step::GatedGemm(g) => vec![&g.x, &g.w, &g.x_scale, &g.w_scale, &g.out_scale, &g.out],
         Step::Attention(a) => {
             let mut views = vec![&a.q, &a.k, &a.v, &a.o];
             if let Some(s) = &a.fp8 {

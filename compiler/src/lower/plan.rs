@@ -5,6 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::layout::View;
+use crate::codegen::Generated;
 use crate::ir::{DType, Init};
 
 /// Where a buffer's memory comes from.
@@ -78,6 +79,26 @@ pub struct GemmStep {
     pub node: String,
 }
 
+/// A gated linear unit in one generated GEMM kernel (see `Op::GatedLinear`): FP8 `x [m, k]`
+/// times the packed gate/up weight `w [2f, k]`, activation, product and quantize in the epilogue.
+#[derive(Clone, Debug, Serialize)]
+pub struct GatedGemmStep {
+    /// Index into [`Plan::kernels`].
+    pub kernel: usize,
+    pub x: View,
+    pub w: View,
+    pub x_scale: View,
+    pub w_scale: View,
+    pub out_scale: View,
+    pub out: View,
+    pub m: usize,
+    pub f: usize,
+    pub k: usize,
+    /// Where the kernel records max |h| (before quantizing) for delayed scaling.
+    pub amax_slot: usize,
+    pub node: String,
+}
+
 /// Fused flash attention through cuDNN; every operand is a strided `[b, h, s, d]` view.
 #[derive(Clone, Debug, Serialize)]
 pub struct AttentionStep {
@@ -111,6 +132,7 @@ pub struct Fp8Scales {
 pub enum Step {
     Kernel(KernelStep),
     Gemm(GemmStep),
+    GatedGemm(GatedGemmStep),
     Attention(AttentionStep),
 }
 
@@ -130,12 +152,33 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Launches of fused elementwise and row kernels (gated GEMMs are counted apart).
     pub fn kernel_launches(&self) -> usize {
         self.steps.iter().filter(|s| matches!(s, Step::Kernel(_))).count()
     }
 
+    /// cuBLASLt GEMMs (gated GEMMs are generated kernels: see [`Plan::gated_gemms`]).
     pub fn gemms(&self) -> usize {
         self.steps.iter().filter(|s| matches!(s, Step::Gemm(_))).count()
+    }
+
+    pub fn gated_gemms(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s, Step::GatedGemm(_)))
+            .count()
+    }
+
+    /// How many steps launch generated kernel `kernel` (fused kernels and gated GEMMs alike).
+    pub fn launches_of(&self, kernel: usize) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| match s {
+                Step::Kernel(k) => k.kernel == kernel,
+                Step::GatedGemm(g) => g.kernel == kernel,
+                _ => false,
+            })
+            .count()
     }
 
     pub fn attentions(&self) -> usize {
@@ -158,11 +201,12 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "# {} steps: {} kernel launches ({} unique kernels), {} GEMMs, {} attention calls",
+            "# {} steps: {} kernel launches ({} unique kernels), {} GEMMs, {} gated GEMMs, {} attention calls",
             self.steps.len(),
             self.kernel_launches(),
             self.kernels.len(),
             self.gemms(),
+            self.gated_gemms(),
             self.attentions()
         )?;
         writeln!(
@@ -214,6 +258,32 @@ impl fmt::Display for Plan {
                         writeln!(f, "       c:   {}", view(self, r))?;
                     }
                     writeln!(f, "       out: {}", view(self, &g.out))?;
+                }
+                Step::GatedGemm(g) => {
+                    let Generated::GatedGemm(spec) = &self.kernels[g.kernel].spec else {
+                        unreachable!("gated GEMM steps run gated GEMM kernels")
+                    };
+                    writeln!(
+                        f,
+                        "{i:>4} gated_gemm m {} f {} k {} act {}  [{}]",
+                        g.m,
+                        g.f,
+                        g.k,
+                        spec.act.name(),
+                        g.node
+                    )?;
+                    writeln!(f, "       kernel: {}", self.kernels[g.kernel].name)?;
+                    for (name, v) in [
+                        ("x", &g.x),
+                        ("w", &g.w),
+                        ("x scale", &g.x_scale),
+                        ("w scale", &g.w_scale),
+                        ("out scale", &g.out_scale),
+                        ("out", &g.out),
+                    ] {
+                        writeln!(f, "       {name}: {}", view(self, v))?;
+                    }
+                    writeln!(f, "       amax slot {}", g.amax_slot)?;
                 }
                 Step::Attention(a) => {
                     let precision = if a.fp8.is_some() { "fp8" } else { "bf16" };

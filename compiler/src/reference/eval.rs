@@ -7,7 +7,7 @@ use thiserror::Error;
 use super::array::{broadcast_strides, gather, Array};
 use super::kernels::{self, AttentionDims};
 use super::numerics::round_slice;
-use crate::ir::{DType, Graph, Node, NodeId, Op, Operand, Program, Shape, TensorType};
+use crate::ir::{DType, GateAct, Graph, Node, NodeId, Op, Operand, Program, Shape, TensorType};
 
 /// Values for a graph's inputs and params, by binding name.
 pub type Bindings = HashMap<String, Array>;
@@ -163,6 +163,7 @@ fn compute(id: NodeId, node: &Node, op: &Op, shape: &Shape, args: &[&Array]) -> 
             y.iter_mut().zip(&residual.data).for_each(|(y, r)| *y += r);
             y
         }
+        &Op::GatedLinear { act, mid, out } => gated_linear(id, node, (act, mid, out), shape, args)?,
         Op::Reshape { .. } | Op::Output => args[0].data.clone(),
         Op::Permute { perm } => {
             let strides = args[0].shape.strides();
@@ -240,6 +241,52 @@ fn compute(id: NodeId, node: &Node, op: &Op, shape: &Shape, args: &[&Array]) -> 
             args[0].data.iter().map(|&x| x * scale).collect()
         }
     })
+}
+
+/// [`Op::GatedLinear`] of output shape `half` as the chain it replaces: linear, the two slices,
+/// the activation and the product, each rounded to `mid` as the unfused graph stores it, then the
+/// quantize (rounded by the caller, like any node's result).
+fn gated_linear(
+    id: NodeId,
+    node: &Node,
+    (act, mid, out): (GateAct, DType, DType),
+    half: &Shape,
+    args: &[&Array],
+) -> Result<Vec<f32>, EvalError> {
+    let (linear_args, out_scale) = args.split_at(4);
+    let (axis, f) = (half.rank() - 1, half.last());
+    let mut packed = half.clone();
+    packed.0[axis] = 2 * f;
+    let step = |op: &Op, shape: &Shape, operands: &[&Array]| -> Result<Array, EvalError> {
+        let mut data = compute(id, node, op, shape, operands)?;
+        round_slice(mid, &mut data);
+        Ok(Array {
+            shape: shape.clone(),
+            data,
+        })
+    };
+    let y = step(&Op::Linear { out: mid }, &packed, linear_args)?;
+    let gate = step(
+        &Op::Slice {
+            axis,
+            start: 0,
+            end: f,
+        },
+        half,
+        &[&y],
+    )?;
+    let up = step(
+        &Op::Slice {
+            axis,
+            start: f,
+            end: 2 * f,
+        },
+        half,
+        &[&y],
+    )?;
+    let a = step(&act.op(), half, &[&gate])?;
+    let h = step(&Op::Mul, half, &[&a, &up])?;
+    compute(id, node, &Op::Quantize { to: out }, half, &[&h, out_scale[0]])
 }
 
 fn attention_dims(args: &[&Array]) -> AttentionDims {

@@ -48,6 +48,13 @@ pub fn local_cost(op: &Op, out: &TensorType, operands: &[&TensorType], read_byte
             };
             LAUNCH_NS + traffic(0) + flops / rate
         }
+        // One FP8 GEMM over both halves of the packed weight, `[.., 2f]` wide, whose epilogue
+        // writes only the quantized `[.., f]`: the bf16 product never reaches memory.
+        Op::GatedLinear { .. } => {
+            let k = operands[0].shape.last() as f64;
+            let flops = 2.0 * (2 * out.numel()) as f64 * k;
+            LAUNCH_NS + traffic(0) + flops / FP8_FLOP_PER_NS
+        }
         Op::Attention { causal, .. } | Op::Fp8Attention { causal, .. } => {
             let (q, k) = (&operands[0].shape, &operands[1].shape);
             let pairs = (q.dims()[0] * q.dims()[1] * q.dims()[2] * k.dims()[2]) as f64;

@@ -6,6 +6,7 @@
 //! a loop of launches with no allocation and no host work beyond the calls themselves; that is
 //! also what makes it capturable.
 
+mod gated_gemm;
 pub(crate) mod host;
 mod init;
 mod memory;
@@ -27,6 +28,7 @@ use crate::attention::{
 use crate::cublaslt::{GemmPlan, GemmPointers, GemmSpec, Gemms, ScalePointers};
 use crate::device::Device;
 use crate::jit::Compilation;
+use gated_gemm::{GatedGemmLaunch, GatedGemmPointers};
 pub use host::{decode, encode};
 pub use init::{DeviceParams, InitKernels, InitSource};
 pub use memory::{AttentionScalar, Buffers, OutOfMemory};
@@ -84,6 +86,8 @@ enum Launch {
         pointers: AttentionPointers,
         scale: f32,
     },
+    /// Boxed: two 128-byte TMA descriptors would make every launch that size.
+    GatedGemm(Box<GatedGemmLaunch>),
 }
 
 /// A plan loaded on a device.
@@ -119,6 +123,12 @@ enum Pending {
         kernel: usize,
         params: Vec<u64>,
         config: LaunchConfig,
+    },
+    /// Step `step` of the plan, a gated GEMM running kernel `kernel`.
+    GatedGemm {
+        step: usize,
+        kernel: usize,
+        pointers: GatedGemmPointers,
     },
     Ready(Launch),
 }
@@ -162,14 +172,26 @@ impl<'d> Prepared<'d> {
                     kernel,
                     params,
                     config,
-                } => Launch::Kernel {
+                } => Ok(Launch::Kernel {
                     function: functions[kernel].clone(),
                     params,
                     config,
-                },
-                Pending::Ready(launch) => launch,
+                }),
+                Pending::GatedGemm {
+                    step,
+                    kernel,
+                    pointers,
+                } => {
+                    let Step::GatedGemm(g) = &plan.steps[step] else {
+                        unreachable!("step {step} was lowered as a gated GEMM")
+                    };
+                    let function = functions[kernel].clone();
+                    GatedGemmLaunch::new(step, function, g, &pointers, device.info().sm_count)
+                        .map(|launch| Launch::GatedGemm(Box::new(launch)))
+                }
+                Pending::Ready(launch) => Ok(launch),
             })
-            .collect();
+            .collect::<Result<_, ExecError>>()?;
         Ok(Executable {
             device,
             plan,
@@ -324,6 +346,19 @@ impl<'d> Executable<'d> {
                         },
                     })
                 }
+                Step::GatedGemm(g) => Pending::GatedGemm {
+                    step: i,
+                    kernel: g.kernel,
+                    pointers: GatedGemmPointers {
+                        x: buffers.address(&g.x),
+                        w: buffers.address(&g.w),
+                        x_scale: buffers.address(&g.x_scale),
+                        w_scale: buffers.address(&g.w_scale),
+                        out_scale: buffers.address(&g.out_scale),
+                        out: buffers.address(&g.out),
+                        amax: buffers.amax_address(g.amax_slot),
+                    },
+                },
                 Step::Attention(a) => {
                     let t = Instant::now();
                     let lookup = attention.get(&step_spec(i, a)?)?;
@@ -445,6 +480,14 @@ impl<'d> Executable<'d> {
                 let call = unsafe { plan.bind(self.attention.handle(), *pointers, *scale) }?;
                 call.execute()?;
             }
+            Launch::GatedGemm(launch) => {
+                // SAFETY: as for GEMMs; the executable owns every buffer the step reads and writes.
+                unsafe { launch.launch(stream) }.map_err(|e| ExecError::Step {
+                    step: i,
+                    what: "gated GEMM".into(),
+                    problem: e.to_string(),
+                })?;
+            }
         }
         Ok(())
     }
@@ -562,6 +605,7 @@ impl<'d> Executable<'d> {
                 let (kind, node) = match step {
                     Step::Kernel(k) => ("kernel", self.plan.kernels[k.kernel].name.clone()),
                     Step::Gemm(g) => ("gemm", g.node.clone()),
+                    Step::GatedGemm(g) => ("gated_gemm", g.node.clone()),
                     Step::Attention(a) => ("attention", a.node.clone()),
                 };
                 (kind, node, s[s.len() / 2])
@@ -645,7 +689,8 @@ impl<'d> Executable<'d> {
         for step in &self.plan.steps {
             let Step::Kernel(k) = step else { continue };
             let kernel = &self.plan.kernels[k.kernel];
-            for ((job, args), slots) in kernel.spec.jobs.iter().zip(&k.args).zip(&k.amax) {
+            let spec = kernel.spec.fused().expect("kernel steps run fused kernels");
+            for ((job, args), slots) in spec.jobs.iter().zip(&k.args).zip(&k.amax) {
                 let quantizes = job
                     .program
                     .instrs
@@ -660,8 +705,12 @@ impl<'d> Executable<'d> {
             }
         }
         for step in &self.plan.steps {
-            if let Step::Attention(AttentionStep { fp8: Some(s), o, .. }) = step {
-                targets[s.amax_slot] = (s.o.buffer, o.dtype);
+            match step {
+                Step::Attention(AttentionStep { fp8: Some(s), o, .. }) => {
+                    targets[s.amax_slot] = (s.o.buffer, o.dtype);
+                }
+                Step::GatedGemm(g) => targets[g.amax_slot] = (g.out_scale.buffer, g.out.dtype),
+                _ => {}
             }
         }
         targets

@@ -1,0 +1,109 @@
+//! The gated GEMM: an FP8 GEMM over a packed gate/up weight whose epilogue computes a gated
+//! linear unit and quantizes it ([`Op::GatedLinear`](crate::ir::Op::GatedLinear)), rendered
+//! from `gated_gemm.cu.tera`.
+//!
+//! Shapes and pointers are launch arguments, so a spec is only the arithmetic: every layer of a
+//! model (and every model with the same activation and types) shares one kernel.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+use tera::Context;
+
+use super::emit::fnv1a;
+use super::{templates, Generated, Kernel};
+use crate::ir::{DType, GateAct};
+
+/// Elements of `k` the kernel needs per row of `x` and `w` to be a multiple of: TMA copies rows
+/// whose pitch is a multiple of 16 bytes, and FP8 elements are one byte each.
+pub const K_MULTIPLE: usize = 16;
+
+const TEMPLATE: &str = "gated_gemm.cu.tera";
+
+/// Rows of `x` per output tile (two consumer warpgroups of 64 rows each).
+pub const TILE_M: usize = 128;
+/// Output columns per tile: the tile's B operand is `TILE_N` gate rows of `w` and the `TILE_N` up
+/// rows `f` further on, so one m64n256 wgmma holds both halves of the same columns.
+pub const TILE_N: usize = 128;
+/// Bytes of `k` per pipeline stage: one 128-byte swizzle row, what a TMA box with that swizzle
+/// may span.
+pub const BOX_K: usize = 128;
+/// Rows of one TMA box: `x` takes one per stage, `w` two (gate and up).
+pub const BOX_ROWS: usize = 128;
+/// Stages in the shared-memory ring: 48 KiB each, so four leave room for nothing else, and
+/// hide TMA's latency behind the three in flight.
+pub const STAGES: usize = 4;
+/// Threads per CTA: one producer warpgroup and two consumer warpgroups.
+pub const THREADS: usize = 384;
+
+/// Dynamic shared memory of one CTA: the stages, 1 KiB to align them to the swizzle's 1024-byte
+/// atoms, and two mbarriers per stage.
+pub const fn smem_bytes() -> usize {
+    STAGES * (TILE_M * BOX_K + 2 * TILE_N * BOX_K) + 1024 + 2 * STAGES * 8
+}
+
+/// Everything that determines a gated GEMM's source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct GatedGemmSpec {
+    pub act: GateAct,
+    /// Where the unfused chain rounds: the product, the activation and `act(gate) · up`.
+    pub mid: DType,
+    /// The FP8 type of the output.
+    pub out: DType,
+}
+
+/// The entry point's name while rendering: the real one is a hash of the rendered body.
+const PLACEHOLDER: &str = "__LANCET_GATED_GEMM__";
+
+/// Generates the gated GEMM of `spec`, which implements graph `nodes`.
+pub fn generate(spec: GatedGemmSpec, nodes: Vec<String>) -> Kernel {
+    let mut ctx = Context::new();
+    ctx.insert("name", PLACEHOLDER);
+    ctx.insert("act", spec.act.name());
+    ctx.insert("mid", spec.mid.name());
+    ctx.insert("out", fp8_name(spec.out));
+    ctx.insert("bm", &TILE_M);
+    ctx.insert("bn", &TILE_N);
+    ctx.insert("bk", &BOX_K);
+    ctx.insert("stages", &STAGES);
+    let body = templates::render(TEMPLATE, &ctx);
+    let name = format!("gated_gemm_{}_{:016x}", spec.act.name(), fnv1a(&body));
+    let body = body.replace(PLACEHOLDER, &name);
+    let mut header = format!("// lancet generated kernel {name} (template {TEMPLATE})\n");
+    header.push_str("// implements:");
+    let mut width = "// implements:".len();
+    for (i, node) in nodes.iter().enumerate() {
+        let item = format!(" {node}{}", if i + 1 < nodes.len() { "," } else { "" });
+        if width + item.len() > 100 {
+            header.push_str("\n//  ");
+            width = 4;
+        }
+        width += item.len();
+        header.push_str(&item);
+    }
+    write!(
+        header,
+        "\n// out[m, f] = quantize({}(y[:, :f]) · y[:, f:]) to {}, y = x[m, k] · w[2f, k]ᵀ in {}\n",
+        spec.act.name(),
+        spec.out,
+        spec.mid
+    )
+    .unwrap();
+    Kernel {
+        name,
+        template: TEMPLATE,
+        header,
+        body,
+        spec: Generated::GatedGemm(spec),
+        nodes,
+    }
+}
+
+/// `e4m3` or `e5m2`: the template's name for an FP8 type.
+fn fp8_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F8E4M3 => "e4m3",
+        DType::F8E5M2 => "e5m2",
+        other => unreachable!("gated GEMMs quantize to FP8, not {other}"),
+    }
+}

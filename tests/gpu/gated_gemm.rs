@@ -1,0 +1,93 @@
+//! lancet's own FP8 GEMM with the gated-linear epilogue (`templates/gated_gemm.cu.tera`) against
+//! the reference interpreter: shapes that leave partial tiles in every dimension (rows, output
+//! columns, an odd column count, K shorter than one 128-byte stage), both gate activations, the
+//! headline's MLP width, and whole models with the rule on. Outputs are poisoned with NaN first
+//! (see `exec::check_with`), and each check fails when the plan has no gated GEMM to exercise.
+
+use lancet_compiler::ir::{Builder, DType, GeluApprox, Init, Tensor};
+use lancet_compiler::rewrite::Options;
+use libtest_mimic::{Failed, Trial};
+
+use crate::exec::{check_with, model, Mode};
+use crate::support::{fail, gpu_trial};
+
+/// The rewrite options of every check here: fusion with the gated-linear rule.
+fn gated() -> Options {
+    Options {
+        gated_gemm: true,
+        ..Options::default()
+    }
+}
+
+/// `dequantize(quantize(act(y[.., :f]) · y[.., f:]))` of an FP8 linear `y` over `x [rows, k]`.
+fn glu(b: &mut Builder, rows: usize, k: usize, f: usize, gelu: bool) -> Tensor {
+    let x = b.input("x", DType::BF16, [1, rows, k]).unwrap();
+    let x_scale = b
+        .param("x_scale", DType::F32, [], Init::constant(1.0 / 64.0))
+        .unwrap();
+    let xq = b.quantize(x, x_scale, DType::F8E4M3).unwrap();
+    let w = b
+        .param("w", DType::F8E4M3, [2 * f, k], Init::normal(0.02))
+        .unwrap();
+    let w_scale = b
+        .param("w_scale", DType::F32, [], Init::ScaleOf { weight: "w".into() })
+        .unwrap();
+    let y = b.linear_fp8(xq, w, x_scale, w_scale, DType::BF16).unwrap();
+    let parts = b.split(y, 2, &[f, f]).unwrap();
+    let gate = if gelu {
+        b.gelu(parts[0], GeluApprox::Tanh).unwrap()
+    } else {
+        b.silu(parts[0]).unwrap()
+    };
+    let h = b.mul(gate, parts[1]).unwrap();
+    let s = b
+        .param("h_scale", DType::F32, [], Init::constant(1.0 / 64.0))
+        .unwrap();
+    let q = b.quantize(h, s, DType::F8E4M3).unwrap();
+    b.dequantize(q, s, DType::F32).unwrap()
+}
+
+fn kernel_case(rows: usize, k: usize, f: usize, gelu: bool) -> Result<(), Failed> {
+    let mut b = Builder::new();
+    let out = glu(&mut b, rows, k, f, gelu);
+    b.output("out", out).map_err(fail)?;
+    // One FP8 GEMM whose output is quantized again: as the fused SwiGLU kernel's test.
+    check_with(&b.finish(), &gated(), false, 3e-2).map(|_| ())
+}
+
+pub fn trials() -> Vec<Trial> {
+    // (label, rows, k, f, gelu)
+    #[rustfmt::skip]
+    let kernels: [(&str, usize, usize, usize, bool); 5] = [
+        ("silu_ragged_k96", 100, 96, 200, false),
+        ("silu_odd_f", 130, 256, 127, false),
+        ("gelu_tanh", 300, 512, 384, true),
+        ("silu_one_tile", 128, 128, 128, false),
+        ("silu_headline_mlp", 256, 2048, 8192, false),
+    ];
+    let mut trials: Vec<Trial> = kernels
+        .into_iter()
+        .map(|(label, rows, k, f, gelu)| {
+            gpu_trial(format!("gated_gemm::kernel::{label}"), move || {
+                kernel_case(rows, k, f, gelu)
+            })
+        })
+        .collect();
+    // Whole models, bounded as the fast-accumulation model checks are (the kernel sums its FP8
+    // products in the tensor cores' accumulator, as cuBLASLt's fast accumulation does).
+    #[rustfmt::skip]
+    let models: [(&str, &str, usize, usize, f64); 3] = [
+        ("tiny", "tiny", 2, 16, 3e-2),
+        ("llama_1b_1_layer_seq64", "llama-3.2-1b", 1, 64, 3e-2),
+        ("llama_1b_2_layers_seq64", "llama-3.2-1b", 2, 64, 6e-2),
+    ];
+    for (label, preset, layers, seq, tolerance) in models {
+        trials.push(gpu_trial(format!("gated_gemm::model::{label}"), move || {
+            // bf16 attention: these checks are about the GEMM, and FP8 attention needs a cuDNN
+            // that not every machine has.
+            let graph = model(preset, layers, 2, seq, Mode::Fp8Linears, None);
+            check_with(&graph, &gated(), true, tolerance).map(|_| ())
+        }));
+    }
+    trials
+}
