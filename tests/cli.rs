@@ -1,7 +1,8 @@
 //! The `lancet` command line, run as a user would run it.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
+
+use tempfile::TempDir;
 
 fn lancet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lancet"))
@@ -18,11 +19,13 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A scratch directory unique to this test process.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lancet-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory of its own for one test, removed when the test is done with it (also
+/// when it fails).
+fn scratch(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("lancet-cli-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -56,7 +59,7 @@ fn headline_summary_reports_flops() {
 #[test]
 fn json_round_trips_through_a_file_and_corruption_fails() {
     let dir = scratch("json");
-    let file = dir.join("g.json");
+    let file = dir.path().join("g.json");
     let o = lancet(&["graph", "--preset", "llama-3.2-1b", "--layers", "2", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::write(&file, &o.stdout).unwrap();
@@ -77,7 +80,6 @@ fn json_round_trips_through_a_file_and_corruption_fails() {
         err.starts_with("error: ") && err.contains("g.json: line"),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -116,7 +118,7 @@ fn bad_arguments_fail_with_a_message() {
 #[test]
 fn compile_dumps_kernels_plan_and_graphs() {
     let dir = scratch("dump");
-    let out = dir.join("kernels");
+    let out = dir.path().join("kernels");
     let args = [
         "compile",
         "--preset",
@@ -173,13 +175,12 @@ fn compile_dumps_kernels_plan_and_graphs() {
     );
     let forced = lancet(&[&args[..], &[out.to_str().unwrap(), "--force"]].concat());
     assert!(forced.status.success(), "{}", stderr(&forced));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn gated_gemm_on_takes_the_gate_up_gemm_and_swiglu_kernel() {
     let dir = scratch("gated");
-    let out = dir.join("kernels");
+    let out = dir.path().join("kernels");
     let o = lancet(&[
         "compile",
         "--preset",
@@ -213,7 +214,6 @@ fn gated_gemm_on_takes_the_gate_up_gemm_and_swiglu_kernel() {
         plan.contains("gated_gemm m 4096 f 8192 k 2048 act silu"),
         "{plan}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -266,7 +266,8 @@ fn fixture(file: &str) -> String {
 
 #[test]
 fn run_on_the_cpu_reproduces_transformers_and_keeps_existing_outputs() {
-    let out = scratch("cpu-run").join("out.safetensors");
+    let dir = scratch("cpu-run");
+    let out = dir.path().join("out.safetensors");
     let _ = std::fs::remove_file(&out);
     let out_arg = out.to_str().unwrap();
     let args = [
@@ -312,7 +313,8 @@ fn run_on_the_cpu_reproduces_transformers_and_keeps_existing_outputs() {
 
 #[test]
 fn bad_checkpoint_runs_fail_with_a_message() {
-    let missing = scratch("bad-inputs").join("none.safetensors");
+    let scratch_dir = scratch("bad-inputs");
+    let missing = scratch_dir.path().join("none.safetensors");
     let missing = missing.to_str().unwrap();
     let (model, weights, ids) = (
         fixture(""),
@@ -321,7 +323,7 @@ fn bad_checkpoint_runs_fail_with_a_message() {
     );
     let dir = scratch("bad-input-files");
     let write = |name: &str, tensor: &str, dtype: safetensors::Dtype, shape: Vec<usize>, bytes: Vec<u8>| {
-        let path = dir.join(name);
+        let path = dir.path().join(name);
         let view = safetensors::tensor::TensorView::new(dtype, shape, &bytes).unwrap();
         safetensors::serialize_to_file([(tensor.to_string(), view)], None, &path).unwrap();
         path.to_str().unwrap().to_string()
@@ -347,7 +349,7 @@ fn bad_checkpoint_runs_fail_with_a_message() {
         vec![1, 2],
         [3i64, 256].iter().flat_map(|x| x.to_le_bytes()).collect(),
     );
-    let no_dir = dir.join("missing").join("out.safetensors");
+    let no_dir = dir.path().join("missing").join("out.safetensors");
     let no_dir = no_dir.to_str().unwrap();
     let cases: [(&[&str], &str); 8] = [
         (
@@ -386,7 +388,7 @@ fn bad_checkpoint_runs_fail_with_a_message() {
 #[test]
 fn an_fp8_graph_is_refused_on_the_cpu() {
     let dir = scratch("fp8-cpu");
-    let file = dir.join("tiny.json");
+    let file = dir.path().join("tiny.json");
     let o = lancet(&["graph", "--preset", "tiny", "--json"]);
     std::fs::write(&file, o.stdout).unwrap();
     let o = lancet(&["run", file.to_str().unwrap(), "--device", "cpu"]);

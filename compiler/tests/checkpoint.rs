@@ -11,17 +11,19 @@ use lancet_compiler::ir::{DType, Float, RopeScaling};
 use lancet_compiler::models::Precision;
 use lancet_compiler::reference::kernels::rope_inv_freq;
 use lancet_compiler::reference::{evaluate, rel_l2, Array, Bindings};
+use tempfile::TempDir;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llama")
 }
 
-/// A scratch directory unique to this test process and test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lancet-ckpt-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory of its own for one test, removed when the test is done with it (also
+/// when it fails).
+fn scratch(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("lancet-ckpt-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Runs the checkpoint in `dir` on the fixture's inputs through the reference interpreter (f32,
@@ -55,16 +57,16 @@ fn variant(
     name: &str,
     edit: impl FnOnce(&mut HashMap<String, Array>),
     config: impl FnOnce(&mut serde_json::Value),
-) -> PathBuf {
+) -> TempDir {
     let dir = scratch(name);
     let mut tensors = read_all(&fixture().join("model.safetensors")).unwrap();
     edit(&mut tensors);
     let list: Vec<(String, &Array)> = tensors.iter().map(|(n, a)| (n.clone(), a)).collect();
-    write_f32(&dir.join("model.safetensors"), &list, false).unwrap();
+    write_f32(&dir.path().join("model.safetensors"), &list, false).unwrap();
     let mut json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap()).unwrap();
     config(&mut json);
-    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+    std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
     dir
 }
 
@@ -81,7 +83,7 @@ fn f32_tensors_with_the_causal_lm_prefix_load_the_same() {
         },
         |_| {},
     );
-    let err = error_against_transformers(&dir).unwrap();
+    let err = error_against_transformers(dir.path()).unwrap();
     assert!(err <= 1e-4, "rel L2 {err:.2e}");
 }
 
@@ -98,15 +100,15 @@ fn sharded_checkpoints_load_through_their_index() {
         ("model-00002-of-00002.safetensors", second),
     ] {
         let list: Vec<(String, &Array)> = part.iter().map(|&n| (n.clone(), &tensors[n])).collect();
-        write_f32(&dir.join(file), &list, false).unwrap();
+        write_f32(&dir.path().join(file), &list, false).unwrap();
         for n in part {
             map.insert((*n).clone(), file.into());
         }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    std::fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
-    let err = error_against_transformers(&dir).unwrap();
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::copy(fixture().join("config.json"), dir.path().join("config.json")).unwrap();
+    let err = error_against_transformers(dir.path()).unwrap();
     assert!(err <= 1e-4, "rel L2 {err:.2e}");
 
     // A tensor in two shards would load from whichever file came last: refused at open.
@@ -115,17 +117,17 @@ fn sharded_checkpoints_load_through_their_index() {
         (first[0].clone(), &tensors[first[0]]),
         ("extra.weight".to_string(), &tensors[first[0]]),
     ];
-    write_f32(&dir.join(copy), &dup, false).unwrap();
+    write_f32(&dir.path().join(copy), &dup, false).unwrap();
     map.insert("extra.weight".into(), copy.into());
     let index = serde_json::json!({"weight_map": map});
-    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    let e = Checkpoint::open(&dir)
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let e = Checkpoint::open(dir.path())
         .err()
         .expect("a duplicate tensor")
         .to_string();
     assert!(e.contains(first[0].as_str()) && e.contains("is also in"), "{e}");
     map.remove("extra.weight");
-    std::fs::remove_file(dir.join(copy)).unwrap();
+    std::fs::remove_file(dir.path().join(copy)).unwrap();
 
     // An index naming a tensor its shard does not hold is caught at open.
     map.insert(
@@ -133,8 +135,8 @@ fn sharded_checkpoints_load_through_their_index() {
         "model-00001-of-00002.safetensors".into(),
     );
     let index = serde_json::json!({"weight_map": map});
-    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    let e = Checkpoint::open(&dir)
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let e = Checkpoint::open(dir.path())
         .err()
         .expect("a missing tensor")
         .to_string();
@@ -156,7 +158,7 @@ fn a_missing_tensor_is_named_with_what_needed_it() {
         |t| drop(t.remove("layers.1.self_attn.k_proj.weight")),
         |_| {},
     );
-    let e = failure(&dir);
+    let e = failure(dir.path());
     assert!(
         e.contains("no tensor 'layers.1.self_attn.k_proj.weight'")
             && e.contains("layers.1.self_attn.qkv_proj.weight"),
@@ -173,7 +175,7 @@ fn a_mis_shaped_tensor_is_named_with_both_shapes() {
         },
         |_| {},
     );
-    let e = failure(&dir);
+    let e = failure(dir.path());
     assert!(
         e.contains("'layers.0.mlp.up_proj.weight' has shape [128, 64], expected [160, 64]"),
         "{e}"
@@ -245,7 +247,7 @@ fn unsupported_configs_name_the_field() {
     ];
     for (name, edit, want) in cases {
         let dir = variant(name, |_| {}, edit);
-        let e = Checkpoint::open(&dir).err().expect("rejected").to_string();
+        let e = Checkpoint::open(dir.path()).err().expect("rejected").to_string();
         assert!(e.contains(want) && e.contains("config.json"), "{name}: {e}");
     }
 }
@@ -253,15 +255,15 @@ fn unsupported_configs_name_the_field() {
 #[test]
 fn integer_weights_and_garbage_files_are_rejected_by_name() {
     let dir = scratch("garbage");
-    std::fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("model.safetensors"), b"not a safetensors file").unwrap();
-    let e = Checkpoint::open(&dir).err().expect("rejected").to_string();
+    std::fs::copy(fixture().join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), b"not a safetensors file").unwrap();
+    let e = Checkpoint::open(dir.path()).err().expect("rejected").to_string();
     assert!(
         e.contains("model.safetensors: not a valid safetensors file"),
         "{e}"
     );
 
-    let e = Checkpoint::open(&dir.join("nowhere"))
+    let e = Checkpoint::open(&dir.path().join("nowhere"))
         .err()
         .expect("rejected")
         .to_string();
@@ -322,7 +324,7 @@ fn llama3_frequencies_keep_high_divide_low_and_blend_between() {
 #[test]
 fn an_integer_weight_is_refused_by_name() {
     let dir = variant("int-weight", |_| {}, |_| {});
-    let mut tensors = read_all(&dir.join("model.safetensors")).unwrap();
+    let mut tensors = read_all(&dir.path().join("model.safetensors")).unwrap();
     let norm = tensors.remove("norm.weight").unwrap();
     let ints: Vec<u8> = norm.data.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect();
     let floats: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
@@ -346,8 +348,8 @@ fn an_integer_weight_is_refused_by_name() {
             view(safetensors::Dtype::F32, shape.clone(), bytes).unwrap(),
         ));
     }
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    let e = failure(&dir);
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    let e = failure(dir.path());
     assert!(
         e.contains("tensor 'norm.weight' is I32; lancet reads bf16, f16 or f32"),
         "{e}"
