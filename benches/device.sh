@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs the prebuilt bundle (benches/bundle.sh) on the GPU machine: the GPU tests, the attention
 # and FP8 GEMM benchmarks, and PyTorch's cuDNN attention and `_scaled_mm` for comparison
-# (group `checks`); the headline forward pass side by side with PyTorch's recipes on the same
+# (group `checks`); the opt-in gated GEMM's tests and the headline's profile with it off and on
+# (group `gated`); the headline forward pass side by side with PyTorch's recipes on the same
 # checkpoint (group `headline`); parity with transformers (group `parity`); scaling sweeps (group
 # `sweep`); start-up times with empty and warm caches (group `startup`, best run first on a
 # fresh machine: its first process then also reads the CUDA libraries from disk). Builds nothing. Logs and JSON go to $OUT (./out when unset); a short summary is
 # printed last.
 #
-# Usage: benches/device.sh [all|startup|checks|headline|parity|sweep]   (default all; run one group per
+# Usage: benches/device.sh [all|startup|checks|gated|headline|parity|sweep]   (default all; run one group per
 # 10-minute call)
 #
 # To add a step: one `step NAME COMMAND...` line (its output goes to $OUT/NAME.log), and a few
@@ -65,6 +66,17 @@ step torch-attention python3 benches/torch_attention.py --json "$OUT/attention_t
 step gemm-bench "$BUNDLE/gemm-bench" --json "$OUT/gemm_lancet.json"
 step torch-gemm python3 benches/torch_gemm.py --json "$OUT/gemm_torch.json"
 step gemm-bench-2 "$BUNDLE/gemm-bench" --json "$OUT/gemm_lancet_2.json"
+fi
+
+if want gated; then
+# The opt-in gated GEMM (lancet's own FP8 GEMM with SwiGLU + quantize in its epilogue): its GPU
+# tests alone, then where the headline's time goes with it on and off (same process kind, one
+# after the other, so the per-step medians compare).
+step gated-tests "$BUNDLE/gpu-tests" gated_gemm
+for gated in off on; do
+    step "gated-profile-$gated" "$BUNDLE/lancet" bench --preset llama-3.2-1b --layers 8 --batch 2 --seq 2048 \
+        --precision fp8 --attention fp8 --gated-gemm "$gated" --profile --json
+done
 fi
 
 if want headline; then
@@ -168,6 +180,25 @@ for t in first["tuning"]:
     print(f"tuning {t['case']}: {t['tuning_ms']:.1f} ms ({len(t['candidates'])} candidates), "
           f"restore {t.get('restore_ms', float('nan')):.2f} ms; {t['chosen']}, "
           f"workspace {t['chosen_workspace_size']} B (largest candidate {t['max_candidate_workspace_size']} B)")
+PY
+    fi
+    if want gated; then
+    echo "gated GEMM tests: $(grep -E '^test result' "$OUT/gated-tests.log" || echo 'no result line')"
+    grep -E '^test .* FAILED$' "$OUT/gated-tests.log"
+    grep -oE 'check exec [^;]*; fusion true; gated GEMM true' "$OUT/gated-tests.log" | sed -E 's/^check exec /  /'
+    python3 - "$OUT/gated-profile-off.log" "$OUT/gated-profile-on.log" <<'PY'
+import json, sys
+print("\nheadline with the gated GEMM off and on (lancet bench --profile; ms)")
+for path in sys.argv[1:]:
+    try:
+        text = open(path).read()
+        start = 0 if text.startswith("{") else text.index("\n{") + 1  # stderr may come first
+        r, _ = json.JSONDecoder().raw_decode(text[start:])
+    except (OSError, ValueError) as e:
+        print(f"  {path}: no report ({e})")
+        continue
+    steps = ", ".join(f"{k} {v['ms']:.3f} ({v['launches']})" for k, v in r["profile_ms"].items())
+    print(f"  {path.rsplit('-', 1)[-1][:-4]:>3}: replay {r['steady_state']['cuda_graph']['median_ms']:.3f}; {steps}")
 PY
     fi
     for group in startup side-by-side hf-parity sweep; do
