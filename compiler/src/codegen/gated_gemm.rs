@@ -20,6 +20,13 @@ pub const K_MULTIPLE: usize = 16;
 
 const TEMPLATE: &str = "gated_gemm.cu.tera";
 
+/// Whether the kernel can apply `act` in its epilogue. Beside 128 accumulators a thread, ptxas
+/// has about 40 registers for the epilogue (168 a thread at 384 threads); `erff` needs more and
+/// spilled (28 bytes), so the exact GELU stays a cuBLASLt GEMM and a fused kernel.
+pub fn supports(act: GateAct) -> bool {
+    act != GateAct::GeluErf
+}
+
 /// Rows of `x` per output tile (two consumer warpgroups of 64 rows each).
 pub const TILE_M: usize = 128;
 /// Output columns per tile: the tile's B operand is `TILE_N` gate rows of `w` and the `TILE_N` up

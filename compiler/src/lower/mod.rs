@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use crate::codegen::gated_gemm::K_MULTIPLE;
+use crate::codegen::gated_gemm::{self, K_MULTIPLE};
 use crate::codegen::{self, GatedGemmSpec, Generated, JobSpec, KernelSpec};
 use crate::ir::{DType, Graph, Instr, NodeId, Op, Operand, Origin, Program, RopeScaling};
 pub use layout::{BufferId, View};
@@ -359,6 +359,16 @@ impl<'g> Lowering<'g> {
             .last()
             .copied()
             .expect("linear inputs have rank >= 1");
+        if !gated_gemm::supports(spec.act) {
+            return Err(self.unsupported(
+                id,
+                format!(
+                    "the gated GEMM has no {} epilogue (it would spill registers); leave this \
+                     gated linear unfused",
+                    spec.act.name()
+                ),
+            ));
+        }
         if k % K_MULTIPLE != 0 {
             return Err(self.unsupported(
                 id,

@@ -2,7 +2,7 @@
 
 use egg::Id;
 
-use crate::codegen::gated_gemm::K_MULTIPLE;
+use crate::codegen::gated_gemm::{self, K_MULTIPLE};
 use crate::ir::{DType, GateAct, Op};
 use crate::rewrite::analysis::Graph;
 use crate::rewrite::lang::ENode;
@@ -79,7 +79,7 @@ fn gated_linear(egraph: &Graph, id: Id) -> Vec<Proposal> {
                     continue;
                 }
                 for act_node in &egraph[gated].nodes {
-                    let Some(act) = GateAct::of(&act_node.op) else {
+                    let Some(act) = GateAct::of(&act_node.op).filter(|&a| gated_gemm::supports(a)) else {
                         continue;
                     };
                     let gate = act_node.children[0];
