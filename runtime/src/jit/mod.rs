@@ -287,3 +287,21 @@ fn one(
     };
     Ok((compiled, warning))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_only_where_nvrtc_has_it() {
+        let include = std::path::Path::new("/cuda/include");
+        assert!(options("sm_90a", include, (13, 0)).contains(&"--minimal".to_string()));
+        assert!(options("sm_90a", include, (12, 4)).contains(&"--minimal".to_string()));
+        assert!(!options("sm_90a", include, (12, 3)).contains(&"--minimal".to_string()));
+        // The cache key follows the flags, without the include path.
+        assert!(key_flags("sm_90a", (12, 8)).contains(&"--minimal".to_string()));
+        assert!(key_flags("sm_90a", (12, 8))
+            .iter()
+            .all(|f| !f.starts_with("--include-path")));
+    }
+}
