@@ -2,10 +2,8 @@
 // (compiler/src/weights.rs): SplitMix64 streams keyed by the seed, the tensor's name and its
 // 64 Ki-element chunk; Box-Muller pairs in f32; and a checkpoint's tensors widened from their
 // stored dtype. FP8 weights, from either, are quantized with their own per-tensor scale
-// amax / max_finite. Not a generated kernel: one fixed program, compiled once.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
+// amax / max_finite. Not a generated kernel: one fixed program, compiled once, after the
+// storage types and conversions of numerics.cuh (the runtime puts that first).
 
 typedef unsigned long long u64;
 
@@ -38,17 +36,10 @@ __device__ __forceinline__ float normal_at(u64 key, u64 i, float std) {
     return r * ((j & 1) ? s : c);
 }
 
-template <typename T> __device__ __forceinline__ T narrow(float x);
-template <> __device__ __forceinline__ float narrow<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <> __device__ __forceinline__ __half narrow<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_fp8_e4m3 narrow<__nv_fp8_e4m3>(float x) { return __nv_fp8_e4m3(x); }
-template <> __device__ __forceinline__ __nv_fp8_e5m2 narrow<__nv_fp8_e5m2>(float x) { return __nv_fp8_e5m2(x); }
-
 template <typename T>
 __device__ __forceinline__ void normal(T* __restrict__ out, u64 n, u64 key, float std) {
     for (u64 i = u64(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += u64(gridDim.x) * blockDim.x)
-        out[i] = narrow<T>(normal_at(key, i, std));
+        out[i] = from_f32<T>(normal_at(key, i, std));
 }
 
 extern "C" __global__ void normal_f32(float* out, u64 n, u64 key, float std) { normal(out, n, key, std); }
@@ -74,7 +65,7 @@ __device__ __forceinline__ void quantize(const float* __restrict__ x, u64 n, con
     const float scale = amax > 0.0f ? __fdiv_rn(amax, max_finite) : 1.0f;
     const u64 start = u64(blockIdx.x) * blockDim.x + threadIdx.x;
     if (start == 0) *scale_out = scale;
-    for (u64 i = start; i < n; i += u64(gridDim.x) * blockDim.x) out[i] = narrow<T>(__fdiv_rn(x[i], scale));
+    for (u64 i = start; i < n; i += u64(gridDim.x) * blockDim.x) out[i] = from_f32<T>(__fdiv_rn(x[i], scale));
 }
 
 extern "C" __global__ void quantize_e4m3(const float* x, u64 n, const unsigned* amax_bits, __nv_fp8_e4m3* out,
@@ -89,9 +80,9 @@ extern "C" __global__ void quantize_e5m2(const float* x, u64 n, const unsigned* 
 // A checkpoint's bf16 or f16 tensor widened to f32 (the FP8 quantization's input).
 extern "C" __global__ void widen_bf16(const __nv_bfloat16* __restrict__ in, u64 n, float* __restrict__ out) {
     for (u64 i = u64(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += u64(gridDim.x) * blockDim.x)
-        out[i] = __bfloat162float(in[i]);
+        out[i] = to_f32(in[i]);
 }
 extern "C" __global__ void widen_f16(const __half* __restrict__ in, u64 n, float* __restrict__ out) {
     for (u64 i = u64(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += u64(gridDim.x) * blockDim.x)
-        out[i] = __half2float(in[i]);
+        out[i] = to_f32(in[i]);
 }

@@ -1,11 +1,14 @@
 //! The `tera` templates, embedded in the binary so a lancet executable generates kernels on its
-//! own. One template per kernel kind; `common.cu.tera` holds the helpers the others include.
+//! own. One template per kernel kind; `common.cu.tera` holds the helpers the others include, and
+//! `numerics.cuh` (plain CUDA, also the prelude of the runtime's weight program) the storage
+//! types and conversions.
 
 use std::sync::OnceLock;
 
 use tera::{Context, Tera};
 
 const SOURCES: &[(&str, &str)] = &[
+    ("numerics.cuh", include_str!("../../../templates/numerics.cuh")),
     (
         "common.cu.tera",
         include_str!("../../../templates/common.cu.tera"),

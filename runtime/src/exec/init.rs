@@ -32,7 +32,11 @@ impl CudaSource for InitSource {
     }
 
     fn body(&self) -> &str {
-        include_str!("../../../templates/init.cu")
+        // The generated kernels' storage types and conversions first: no CUDA headers to parse.
+        concat!(
+            include_str!("../../../templates/numerics.cuh"),
+            include_str!("../../../templates/init.cu")
+        )
     }
 }
 
