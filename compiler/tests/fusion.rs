@@ -787,22 +787,27 @@ fn gated_gemm_reads_x_as_a_dense_matrix() {
     assert_eq!(p.amax_slots, std::slice::from_ref(&g.node));
 }
 
-#[test]
-fn gated_gemm_needs_k_a_multiple_of_16() {
+/// Lowering's error for a lone `GatedLinear` node (named `mlp.act`) over `x [8, k]`.
+fn gated_linear_lowering_error(k: usize, act: GateAct) -> String {
     let mut b = Builder::new();
-    let x = b.input("x", DType::F8E4M3, [8, 24]).unwrap();
-    let w = b.param("w", DType::F8E4M3, [32, 24], Init::normal(1.0)).unwrap();
+    let x = b.input("x", DType::F8E4M3, [8, k]).unwrap();
+    let w = b.param("w", DType::F8E4M3, [32, k], Init::normal(1.0)).unwrap();
     let s = [0.5, 0.01, 0.02].map(|v| {
         b.param(&format!("s{v}"), DType::F32, [], Init::constant(v))
             .unwrap()
     });
     let q = b
         .scoped("mlp.act", |b| {
-            b.gated_linear([x, w], s, GateAct::Silu, DType::BF16, DType::F8E4M3)
+            b.gated_linear([x, w], s, act, DType::BF16, DType::F8E4M3)
         })
         .unwrap();
     b.output("out", q).unwrap();
-    let err = lower(&b.finish()).unwrap_err().to_string();
+    lower(&b.finish()).unwrap_err().to_string()
+}
+
+#[test]
+fn gated_gemm_needs_k_a_multiple_of_16() {
+    let err = gated_linear_lowering_error(24, GateAct::Silu);
     assert!(
         err.starts_with("node 5 (gated_linear 'mlp.act'): k = 24 is not a multiple of 16"),
         "{err}"
@@ -811,20 +816,7 @@ fn gated_gemm_needs_k_a_multiple_of_16() {
 
 #[test]
 fn gated_gemm_refuses_the_erf_gelu_by_name() {
-    let mut b = Builder::new();
-    let x = b.input("x", DType::F8E4M3, [8, 32]).unwrap();
-    let w = b.param("w", DType::F8E4M3, [32, 32], Init::normal(1.0)).unwrap();
-    let s = [0.5, 0.01, 0.02].map(|v| {
-        b.param(&format!("s{v}"), DType::F32, [], Init::constant(v))
-            .unwrap()
-    });
-    let q = b
-        .scoped("mlp.act", |b| {
-            b.gated_linear([x, w], s, GateAct::GeluErf, DType::BF16, DType::F8E4M3)
-        })
-        .unwrap();
-    b.output("out", q).unwrap();
-    let err = lower(&b.finish()).unwrap_err().to_string();
+    let err = gated_linear_lowering_error(32, GateAct::GeluErf);
     assert!(
         err.starts_with("node 5 (gated_linear 'mlp.act'): the gated GEMM has no gelu_erf epilogue"),
         "{err}"
