@@ -2,13 +2,14 @@
 # Runs the prebuilt bundle (benches/bundle.sh) on the GPU machine: the GPU tests, the attention
 # and FP8 GEMM benchmarks, and PyTorch's cuDNN attention and `_scaled_mm` for comparison
 # (group `checks`); the opt-in gated GEMM's tests and the headline's profile with it off and on
-# (group `gated`); the headline forward pass side by side with PyTorch's recipes on the same
+# (group `gated`); the gated GEMM kernel alone, built with nvcc around lancet's dump (group
+# `probe`); the headline forward pass side by side with PyTorch's recipes on the same
 # checkpoint (group `headline`); parity with transformers (group `parity`); scaling sweeps (group
 # `sweep`); start-up times with empty and warm caches (group `startup`, best run first on a
 # fresh machine: its first process then also reads the CUDA libraries from disk). Builds nothing. Logs and JSON go to $OUT (./out when unset); a short summary is
 # printed last.
 #
-# Usage: benches/device.sh [all|startup|checks|gated|headline|parity|sweep]   (default all; run one group per
+# Usage: benches/device.sh [all|startup|checks|gated|probe|headline|parity|sweep]   (default all; run one group per
 # 10-minute call)
 #
 # To add a step: one `step NAME COMMAND...` line (its output goes to $OUT/NAME.log), and a few
@@ -72,11 +73,26 @@ if want gated; then
 # The opt-in gated GEMM (lancet's own FP8 GEMM with SwiGLU + quantize in its epilogue): its GPU
 # tests alone, then where the headline's time goes with it on and off (same process kind, one
 # after the other, so the per-step medians compare).
-step gated-tests "$BUNDLE/gpu-tests" gated_gemm
+# (Bounded: a kernel that deadlocks would otherwise hold the call until its limit.)
+step gated-tests timeout 300 "$BUNDLE/gpu-tests" gated_gemm
 for gated in off on; do
-    step "gated-profile-$gated" "$BUNDLE/lancet" bench --preset llama-3.2-1b --layers 8 --batch 2 --seq 2048 \
+    step "gated-profile-$gated" timeout 120 "$BUNDLE/lancet" bench --preset llama-3.2-1b --layers 8 --batch 2 --seq 2048 \
         --precision fp8 --attention fp8 --gated-gemm "$gated" --profile --json
 done
+fi
+
+if want probe; then
+# The gated GEMM kernel alone, outside lancet (for tuning it here): lancet dumps the kernel it
+# generates, nvcc builds benches/gated_gemm_probe.cu around it, and the probe checks it against a
+# naive kernel and times it at the headline's MLP shape.
+dir=$(cd "$OUT" && pwd)/probe-kernels  # absolute: the probe #includes it
+step probe-dump "$BUNDLE/lancet" compile --preset llama-3.2-1b --layers 1 --batch 1 --seq 128 --attention fp8 \
+    --gated-gemm on --no-nvrtc --dump-kernels "$dir" --force
+kernel=$(basename "$(ls "$dir"/gated_gemm_silu_*.cu 2>/dev/null | head -n 1)" .cu)
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+step probe-build "$NVCC" -O2 -std=c++17 -arch=sm_90a "-DKERNEL_FILE=\"$dir/$kernel.cu\"" "-DKERNEL=$kernel" \
+    benches/gated_gemm_probe.cu -lcuda -o "$OUT/gated-probe"
+step probe timeout 120 "$OUT/gated-probe"
 fi
 
 if want headline; then
@@ -201,7 +217,7 @@ for path in sys.argv[1:]:
     print(f"  {path.rsplit('-', 1)[-1][:-4]:>3}: replay {r['steady_state']['cuda_graph']['median_ms']:.3f}; {steps}")
 PY
     fi
-    for group in startup side-by-side hf-parity sweep; do
+    for group in startup probe-build probe side-by-side hf-parity sweep; do
         if [[ -f $OUT/$group.log ]]; then
             echo
             echo "--- $group (last lines of $group.log) ---"

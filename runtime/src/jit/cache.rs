@@ -163,9 +163,8 @@ mod tests {
 
     #[test]
     fn nvrtc_versions_are_remembered_per_library_file() {
-        let dir = std::env::temp_dir().join(format!("lancet-toolkit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let cache = Cache::new(dir.clone());
+        let dir = scratch("toolkit");
+        let cache = Cache::new(dir.path().to_path_buf());
         let id = LibraryId {
             path: "/opt/cuda/lib64/libnvrtc.so.13".into(),
             size: 100,
@@ -182,7 +181,6 @@ mod tests {
         assert_eq!(cache.remembered_version(&upgraded), None);
         let touched = LibraryId { modified_ns: 8, ..id };
         assert_eq!(cache.remembered_version(&touched), None);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     fn signature() -> Signature {
@@ -195,15 +193,18 @@ mod tests {
         }
     }
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("lancet-jit-cache-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+    /// A folder of its own for one test, removed when the test ends (also when it fails).
+    fn scratch(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("lancet-jit-cache-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn round_trip_and_miss() {
-        let cache = Cache::new(scratch("rt"));
+        let dir = scratch("rt");
+        let cache = Cache::new(dir.path().to_path_buf());
         let sig = signature();
         assert!(matches!(cache.get(&sig), Lookup::Miss));
         let report = PtxasReport {
@@ -229,12 +230,12 @@ mod tests {
     #[test]
     fn corrupt_cubin_is_rejected() {
         let dir = scratch("corrupt");
-        let cache = Cache::new(dir.clone());
+        let cache = Cache::new(dir.path().to_path_buf());
         let sig = signature();
         cache
             .put(&sig, b"good bytes", &PtxasReport::default(), "")
             .unwrap();
-        std::fs::write(dir.join(format!("{}.cubin", sig.key())), b"bad bytes").unwrap();
+        std::fs::write(dir.path().join(format!("{}.cubin", sig.key())), b"bad bytes").unwrap();
         match cache.get(&sig) {
             Lookup::Rejected(why) => assert!(why.contains("do not match their recorded hash"), "{why}"),
             _ => panic!("a corrupt cubin must be rejected"),
@@ -244,10 +245,10 @@ mod tests {
     #[test]
     fn mismatched_sidecar_names_the_field() {
         let dir = scratch("mismatch");
-        let cache = Cache::new(dir.clone());
+        let cache = Cache::new(dir.path().to_path_buf());
         let sig = signature();
         cache.put(&sig, b"bytes", &PtxasReport::default(), "").unwrap();
-        let json = dir.join(format!("{}.json", sig.key()));
+        let json = dir.path().join(format!("{}.json", sig.key()));
         let text = std::fs::read_to_string(&json).unwrap().replace("13.5", "12.4");
         std::fs::write(&json, text).unwrap();
         match cache.get(&sig) {
