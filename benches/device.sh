@@ -89,10 +89,19 @@ dir=$(cd "$OUT" && pwd)/probe-kernels  # absolute: the probe #includes it
 step probe-dump "$BUNDLE/lancet" compile --preset llama-3.2-1b --layers 1 --batch 1 --seq 128 --attention fp8 \
     --gated-gemm on --no-nvrtc --dump-kernels "$dir" --force
 kernel=$(basename "$(ls "$dir"/gated_gemm_silu_*.cu 2>/dev/null | head -n 1)" .cu)
+# The multicast variant (clusters of 2), which lowering does not choose yet: the same source as
+# the template renders it with cluster = 2.
+if [[ -f $dir/$kernel.cu ]]; then
+    sed -e 's/^constexpr int CLUSTER = 1;/constexpr int CLUSTER = 2;/' \
+        -e 's/__launch_bounds__(384, 1) /__launch_bounds__(384, 1) __cluster_dims__(2, 1, 1) /' \
+        "$dir/$kernel.cu" >"$dir/$kernel.cluster2.cu"
+fi
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
-step probe-build "$NVCC" -O2 -std=c++17 -arch=sm_90a "-DKERNEL_FILE=\"$dir/$kernel.cu\"" "-DKERNEL=$kernel" \
-    benches/gated_gemm_probe.cu -lcuda -o "$OUT/gated-probe"
-step probe timeout 120 "$OUT/gated-probe"
+for variant in "" .cluster2; do
+    step "probe-build$variant" "$NVCC" -O2 -std=c++17 -arch=sm_90a "-DKERNEL_FILE=\"$dir/$kernel$variant.cu\"" \
+        "-DKERNEL=$kernel" benches/gated_gemm_probe.cu -lcuda -o "$OUT/gated-probe$variant"
+    step "probe$variant" timeout 120 "$OUT/gated-probe$variant"
+done
 fi
 
 if want headline; then
@@ -217,7 +226,7 @@ for path in sys.argv[1:]:
     print(f"  {path.rsplit('-', 1)[-1][:-4]:>3}: replay {r['steady_state']['cuda_graph']['median_ms']:.3f}; {steps}")
 PY
     fi
-    for group in startup probe-build probe side-by-side hf-parity sweep; do
+    for group in startup probe-build probe probe-build.cluster2 probe.cluster2 side-by-side hf-parity sweep; do
         if [[ -f $OUT/$group.log ]]; then
             echo
             echo "--- $group (last lines of $group.log) ---"

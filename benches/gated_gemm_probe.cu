@@ -7,7 +7,8 @@
 //   nvcc -O2 -std=c++17 -arch=sm_90a -DKERNEL_FILE='"DIR/gated_gemm_silu_<hash>.cu"' \
 //        -DKERNEL=gated_gemm_silu_<hash> benches/gated_gemm_probe.cu -lcuda -o probe
 //
-// The kernel must be the SiLU / bf16 / e4m3 variant (what the Llama presets generate). Prints
+// The kernel must be the SiLU / bf16 / e4m3 variant (what the Llama presets generate), with
+// clusters of 1 or 2 (its CLUSTER). Prints
 // one line per shape; exits non-zero when a check fails. Outputs are poisoned (e4m3 NaN) first.
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -128,9 +129,19 @@ static bool probe(int m, int f, int k, int runs) {
     const CUtensorMap x_map = tensor_map(x, m, k, BM), w_map = tensor_map(w, 2 * f, k, BN);
     const int smem = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
     CHECK(cudaFuncSetAttribute(KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    int sms = 0;
-    CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-    const int tiles = ((m + BM - 1) / BM) * ((f + BN - 1) / BN), grid = std::min(sms, tiles);
+    // As the runtime sizes it: one CTA per SM, or as many clusters as are resident at once.
+    int resident = 0;
+    if (CLUSTER == 1) {
+        CHECK(cudaDeviceGetAttribute(&resident, cudaDevAttrMultiProcessorCount, 0));
+    } else {
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3(CLUSTER);
+        config.blockDim = dim3(384);
+        config.dynamicSmemBytes = smem;
+        CHECK(cudaOccupancyMaxActiveClusters(&resident, KERNEL, &config));
+    }
+    const int groups = (((m + BM - 1) / BM + CLUSTER - 1) / CLUSTER) * ((f + BN - 1) / BN);
+    const int grid = std::min(std::max(resident, 1), groups) * CLUSTER;
     const TmaMap& xm = reinterpret_cast<const TmaMap&>(x_map);
     const TmaMap& wm = reinterpret_cast<const TmaMap&>(w_map);
     auto launch = [&] { KERNEL<<<grid, 384, smem>>>(xm, wm, scales, scales + 1, scales + 2, q, amax, m, f, k); };

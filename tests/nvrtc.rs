@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use lancet_compiler::codegen::gated_gemm::{self, GatedGemmSpec};
 use lancet_compiler::codegen::Kernel;
+use lancet_compiler::ir::{DType, GateAct};
 use lancet_compiler::lower::{lower_with, LowerOptions};
 use lancet_compiler::models::{AttentionPrecision, LlamaConfig, Precision, PRESETS};
 use lancet_compiler::rewrite::{optimize, Options};
@@ -71,6 +73,15 @@ fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
             }
         }
     }
+    // The gated GEMM's multicast variant, which lowering does not choose yet.
+    let spec = GatedGemmSpec {
+        act: GateAct::Silu,
+        mid: DType::BF16,
+        out: DType::F8E4M3,
+        cluster: 2,
+    };
+    let k = gated_gemm::generate(spec, Vec::new());
+    kernels.insert(k.name.clone(), (k, vec!["gated GEMM, clusters of 2".into()]));
     kernels
 }
 

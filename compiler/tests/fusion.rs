@@ -278,7 +278,8 @@ fn llama_layer_fuses_to_three_kernels_three_gemms_one_gated_gemm_one_attention()
         Generated::GatedGemm(GatedGemmSpec {
             act: GateAct::Silu,
             mid: DType::BF16,
-            out: DType::F8E4M3
+            out: DType::F8E4M3,
+            cluster: 1,
         })
     );
     let down = p

@@ -40,6 +40,9 @@ pub const BOX_ROWS: usize = 128;
 /// Stages in the shared-memory ring: 48 KiB each, so four leave room for nothing else, and
 /// hide TMA's latency behind the three in flight.
 pub const STAGES: usize = 4;
+/// The cluster size lowering gives gated GEMMs: 1, until the multicast variant (2) has run and
+/// been timed on an H100 (it compiles in CI, `tests/nvrtc.rs`).
+pub const CLUSTER: usize = 1;
 /// Threads per CTA: one producer warpgroup and two consumer warpgroups.
 pub const THREADS: usize = 384;
 
@@ -57,6 +60,10 @@ pub struct GatedGemmSpec {
     pub mid: DType,
     /// The FP8 type of the output.
     pub out: DType,
+    /// CTAs per cluster (1 or 2): with 2, the two CTAs of a cluster compute vertically adjacent
+    /// tiles and share each stage's weight boxes through TMA multicast (half the weight traffic
+    /// from L2). Lowering uses [`CLUSTER`].
+    pub cluster: usize,
 }
 
 /// The entry point's name while rendering: the real one is a hash of the rendered body.
@@ -73,6 +80,7 @@ pub fn generate(spec: GatedGemmSpec, nodes: Vec<String>) -> Kernel {
     ctx.insert("bn", &TILE_N);
     ctx.insert("bk", &BOX_K);
     ctx.insert("stages", &STAGES);
+    ctx.insert("cluster", &spec.cluster);
     let body = templates::render(TEMPLATE, &ctx);
     let name = format!("gated_gemm_{}_{:016x}", spec.act.name(), fnv1a(&body));
     let body = body.replace(PLACEHOLDER, &name);

@@ -269,6 +269,14 @@ impl Generated {
             Generated::GatedGemm(_) => None,
         }
     }
+
+    /// The gated GEMM's spec (`None` for a fused kernel).
+    pub fn gated_gemm(&self) -> Option<&GatedGemmSpec> {
+        match self {
+            Generated::GatedGemm(spec) => Some(spec),
+            Generated::Fused(_) => None,
+        }
+    }
 }
 
 /// A generated kernel: its entry point, CUDA source and the graph nodes it implements.

@@ -191,9 +191,16 @@ impl<'g> Lowering<'g> {
                 out
             }
             Op::Linear { .. } | Op::LinearAdd { .. } => self.gemm(id, args)?,
-            &Op::GatedLinear { act, mid, out } => {
-                self.gated_gemm(id, args, GatedGemmSpec { act, mid, out })?
-            }
+            &Op::GatedLinear { act, mid, out } => self.gated_gemm(
+                id,
+                args,
+                GatedGemmSpec {
+                    act,
+                    mid,
+                    out,
+                    cluster: gated_gemm::CLUSTER,
+                },
+            )?,
             Op::Attention { causal, scale } => self.attention(id, &args, *causal, scale.get(), None),
             Op::Fp8Attention {
                 causal,

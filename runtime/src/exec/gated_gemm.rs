@@ -15,6 +15,7 @@ use lancet_compiler::codegen::gated_gemm::{smem_bytes, BOX_K, BOX_ROWS, THREADS,
 use lancet_compiler::lower::GatedGemmStep;
 
 use super::ExecError;
+use crate::device::Device;
 
 /// A TMA descriptor as the kernel takes it (`const __grid_constant__ TmaMap`): 128 opaque bytes
 /// the driver filled in.
@@ -50,13 +51,15 @@ pub(super) struct GatedGemmPointers {
 
 impl GatedGemmLaunch {
     /// Encodes the operands' descriptors and sizes the launch: one CTA per SM (at most one per
-    /// output tile), each looping over tiles. `step` names the plan step in errors.
+    /// output tile; with clusters of `cluster` CTAs, as many clusters as fit at once), each
+    /// looping over tiles. `step` names the plan step in errors.
     pub(super) fn new(
         step: usize,
         function: CudaFunction,
         g: &GatedGemmStep,
+        cluster: usize,
         p: &GatedGemmPointers,
-        sm_count: i32,
+        device: &Device,
     ) -> Result<Self, ExecError> {
         let error = |problem: String| ExecError::Step {
             step,
@@ -74,19 +77,32 @@ impl GatedGemmLaunch {
                 smem as i32,
             )
             .map_err(|e| error(format!("asking for {smem} bytes of shared memory: {e}")))?;
-        let tiles = g.m.div_ceil(TILE_M) * g.f.div_ceil(TILE_N);
-        let grid = tiles.min(sm_count.max(1) as usize) as u32;
+        // The kernel's units of work: one column of `cluster` vertically adjacent tiles each.
+        let groups = g.m.div_ceil(TILE_M).div_ceil(cluster) * g.f.div_ceil(TILE_N);
+        let mut config = LaunchConfig {
+            grid_dim: (0, 1, 1),
+            block_dim: (THREADS as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // Persistent: every cluster must be resident at once, or the late ones would run their
+        // whole share of tiles after the others finish.
+        let resident = if cluster == 1 {
+            device.info().sm_count.max(1) as usize
+        } else {
+            config.grid_dim.0 = cluster as u32;
+            function
+                .occupancy_max_active_clusters(config, device.stream())
+                .map_err(|e| error(format!("asking how many clusters of {cluster} fit: {e}")))?
+                .max(1) as usize
+        };
+        config.grid_dim.0 = (groups.min(resident) * cluster) as u32;
         Ok(GatedGemmLaunch {
             function,
             x_map,
             w_map,
             pointers: [p.x_scale, p.w_scale, p.out_scale, p.out, p.amax],
             dims,
-            config: LaunchConfig {
-                grid_dim: (grid, 1, 1),
-                block_dim: (THREADS as u32, 1, 1),
-                shared_mem_bytes: smem as u32,
-            },
+            config,
         })
     }
 

@@ -185,8 +185,12 @@ impl<'d> Prepared<'d> {
                     let Step::GatedGemm(g) = &plan.steps[step] else {
                         unreachable!("step {step} was lowered as a gated GEMM")
                     };
+                    let spec = plan.kernels[kernel]
+                        .spec
+                        .gated_gemm()
+                        .expect("gated GEMM steps run gated GEMM kernels");
                     let function = functions[kernel].clone();
-                    GatedGemmLaunch::new(step, function, g, &pointers, device.info().sm_count)
+                    GatedGemmLaunch::new(step, function, g, spec.cluster, &pointers, device)
                         .map(|launch| Launch::GatedGemm(Box::new(launch)))
                 }
                 Pending::Ready(launch) => Ok(launch),
