@@ -397,7 +397,11 @@ impl<'g> Lowering<'g> {
         };
         let out = self.activation(&node.name, node.ty.dtype, node.ty.shape.dims());
         self.amax_slots.push(node.name.clone());
-        self.specs.push(Generated::GatedGemm(spec));
+        // A cluster shares weight boxes between vertically adjacent tiles: with one row of tiles
+        // the second CTA of each cluster would only multiply zeros.
+        let cluster = if m <= gated_gemm::TILE_M { 1 } else { spec.cluster };
+        self.specs
+            .push(Generated::GatedGemm(GatedGemmSpec { cluster, ..spec }));
         self.steps.push(Step::GatedGemm(GatedGemmStep {
             kernel: self.specs.len() - 1,
             x,
