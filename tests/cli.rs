@@ -235,6 +235,12 @@ fn explain_reports_rules_growth_and_savings() {
             .any(|l| l.starts_with("gemm-residual") && l.contains(" 4 ")),
         "{text}"
     );
+    // An opt-in rule the run did not use says so, rather than "fired 0".
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gated-linear") && l.contains(" off ")),
+        "{text}"
+    );
     assert!(
         text.lines()
             .any(|l| l.starts_with("one layer (layers.0)") && l.contains("13 → 4")),

@@ -105,11 +105,15 @@ pub fn run(args: &ExplainCommand) -> Result<()> {
     println!("{}\n", model.title);
     let mut rules = Table::new(["rule", "family", "fired", "why"]);
     for rule in all_rules() {
-        let fired = r.rules_fired.get(rule.name).copied().unwrap_or(0);
+        let fired = match r.rules_fired.get(rule.name) {
+            _ if !on.rewrite.enables(rule) => "off".to_string(),
+            Some(n) => n.to_string(),
+            None => "0".to_string(),
+        };
         rules.row([
             rule.name.to_string(),
             rule.family.to_string(),
-            fired.to_string(),
+            fired,
             rule.why.split_whitespace().collect::<Vec<_>>().join(" "),
         ]);
     }

@@ -53,6 +53,18 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Whether a rewrite with these options runs `rule`: view algebra always, the rest with
+    /// fusion, the gated GEMM's rule only when asked for.
+    pub fn enables(&self, rule: &Rule) -> bool {
+        if rule.family == rules::view::FAMILY {
+            true
+        } else if rule.name == rules::epilogue::GATED_LINEAR {
+            self.fusion && self.gated_gemm
+        } else {
+            self.fusion
+        }
+    }
+
     /// The defaults with every rule on, the opt-in gated GEMM included.
     pub fn all_rules() -> Self {
         Options {
@@ -98,14 +110,10 @@ pub fn optimize(graph: &Graph, options: &Options) -> Result<(Graph, Report), Gra
     let translate_ms = ms(t0);
 
     let t1 = Instant::now();
-    let rules: Vec<_> = if options.fusion {
-        rules::all()
-            .filter(|r| options.gated_gemm || r.name != rules::epilogue::GATED_LINEAR)
-            .map(Rule::rewrite)
-            .collect()
-    } else {
-        rules::views().map(Rule::rewrite).collect()
-    };
+    let rules: Vec<_> = rules::all()
+        .filter(|r| options.enables(r))
+        .map(Rule::rewrite)
+        .collect();
     let runner = Runner::default()
         .with_egraph(egraph)
         .with_scheduler(SimpleScheduler)

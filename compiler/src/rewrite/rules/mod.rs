@@ -10,8 +10,3 @@ use super::rule::Rule;
 pub fn all() -> impl Iterator<Item = &'static Rule> {
     view::RULES.iter().chain(kernel::RULES).chain(epilogue::RULES)
 }
-
-/// The view-algebra rules alone (used when fusion is off).
-pub fn views() -> impl Iterator<Item = &'static Rule> {
-    view::RULES.iter()
-}

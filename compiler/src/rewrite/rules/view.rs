@@ -11,64 +11,68 @@ use crate::rewrite::analysis::Graph;
 use crate::rewrite::lang::ENode;
 use crate::rewrite::rule::{Proposal, Rule};
 
+/// The family of these rules, which run with fusion off too (the unfused baseline still wants
+/// its views simplified).
+pub const FAMILY: &str = "view";
+
 pub static RULES: &[Rule] = &[
     Rule {
         name: "reshape-reshape",
-        family: "view",
+        family: FAMILY,
         why: "a reshape of a reshape is one reshape: only the final shape matters",
         propose: reshape_reshape,
     },
     Rule {
         name: "reshape-identity",
-        family: "view",
+        family: FAMILY,
         why: "a reshape to the shape a value already has is the value",
         propose: reshape_identity,
     },
     Rule {
         name: "permute-permute",
-        family: "view",
+        family: FAMILY,
         why: "two permutations compose into one",
         propose: permute_permute,
     },
     Rule {
         name: "permute-identity",
-        family: "view",
+        family: FAMILY,
         why: "the identity permutation is the value",
         propose: permute_identity,
     },
     Rule {
         name: "slice-full",
-        family: "view",
+        family: FAMILY,
         why: "a slice covering the whole axis is the value",
         propose: slice_full,
     },
     Rule {
         name: "slice-slice",
-        family: "view",
+        family: FAMILY,
         why: "a slice of a slice on the same axis is one slice with added offsets",
         propose: slice_slice,
     },
     Rule {
         name: "slice-concat",
-        family: "view",
+        family: FAMILY,
         why: "a slice inside one operand of a concat reads that operand: the concat's copy is not needed",
         propose: slice_concat,
     },
     Rule {
         name: "concat-single",
-        family: "view",
+        family: FAMILY,
         why: "a concat of one operand is that operand (a redundant copy)",
         propose: concat_single,
     },
     Rule {
         name: "cast-cast",
-        family: "view",
+        family: FAMILY,
         why: "casting through a type that holds every value of the source exactly loses nothing",
         propose: cast_cast,
     },
     Rule {
         name: "cast-identity",
-        family: "view",
+        family: FAMILY,
         why: "a cast to the value's own type is the value",
         propose: cast_identity,
     },
