@@ -208,7 +208,6 @@ mod hex_words {
 #[cfg(test)]
 mod tests {
     use std::fs;
-    use std::path::PathBuf;
 
     use super::*;
 
@@ -233,16 +232,13 @@ mod tests {
         }
     }
 
-    fn store() -> (AlgoStore, PathBuf) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "lancet-algo-store-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        (AlgoStore::new(&dir), dir)
+    /// A store in a folder of its own, removed when the test ends (also when it fails).
+    fn store() -> (AlgoStore, tempfile::TempDir) {
+        let dir = tempfile::Builder::new()
+            .prefix("lancet-algo-store-")
+            .tempdir()
+            .unwrap();
+        (AlgoStore::new(dir.path()), dir)
     }
 
     fn rejected(lookup: AlgoLookup) -> String {
@@ -257,11 +253,14 @@ mod tests {
         let (store, dir) = store();
         assert_eq!(store.load(&key()), AlgoLookup::Miss);
         let path = store.store(&key(), &algo()).unwrap();
-        assert!(path.starts_with(&dir) && path.extension().unwrap() == "json");
+        assert!(path.starts_with(dir.path()) && path.extension().unwrap() == "json");
         assert_eq!(store.load(&key()), AlgoLookup::Hit(algo()));
         store.store(&key(), &algo()).unwrap();
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary files left");
-        fs::remove_dir_all(dir).unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary files left"
+        );
     }
 
     #[test]
@@ -269,7 +268,7 @@ mod tests {
         // Measured medians have 17 significant digits; the checksum covers them, so reading one
         // back must give the very same f64 (serde_json's `float_roundtrip`), or every entry would
         // look corrupted (seen on the device before the feature was on).
-        let (store, dir) = store();
+        let (store, _dir) = store();
         let mut a = algo();
         for median_ms in [
             0.038_312_345_678_912_34,
@@ -285,7 +284,6 @@ mod tests {
                 "median {median_ms:e}"
             );
         }
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -308,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_different_version_is_rejected_by_name() {
-        let (store, dir) = store();
+        let (store, _dir) = store();
         store.store(&key(), &algo()).unwrap();
         let mut upgraded = key();
         upgraded.cublaslt = 130200;
@@ -319,12 +317,11 @@ mod tests {
         let mut upgraded = key();
         upgraded.lancet = "0.2.0".into();
         assert!(rejected(store.load(&upgraded)).contains("lancet version 0.1.0"));
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn corruption_is_rejected_not_trusted() {
-        let (store, dir) = store();
+        let (store, _dir) = store();
         let path = store.store(&key(), &algo()).unwrap();
         let good = fs::read_to_string(&path).unwrap();
 
@@ -343,6 +340,5 @@ mod tests {
 
         fs::write(&path, good.replacen("\"format\": 1", "\"format\": 7", 1)).unwrap();
         assert!(rejected(store.load(&key())).contains("format 7"));
-        fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -202,9 +202,11 @@ mod tests {
 
     #[test]
     fn a_configured_cudnn_that_cannot_load_is_an_error_naming_it() {
-        let dir = std::env::temp_dir().join(format!("lancet-cudnn-env-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("lancet-cudnn-env-")
+            .tempdir()
+            .unwrap();
+        let dir = scratch.path();
         fn message<T>(result: Result<T, CudnnError>) -> String {
             result.err().map(|e| e.to_string()).unwrap_or_default()
         }
@@ -212,12 +214,12 @@ mod tests {
         let missing = dir.join("nowhere").join("libcudnn.so.9");
         let err = message(configured_file(&missing));
         assert!(err.contains("LANCET_CUDNN=") && err.contains("nowhere") && err.contains("no such file"));
-        let err = message(configured_file(&dir));
+        let err = message(configured_file(dir));
         assert!(err.contains("the folder has no libcudnn.so.9"), "{err}");
 
         // A folder holding the file resolves to it; a file that is no library fails to open.
         std::fs::write(dir.join("libcudnn.so.9"), b"not an ELF file").unwrap();
-        let file = configured_file(&dir).unwrap();
+        let file = configured_file(dir).unwrap();
         assert!(
             file.is_absolute() && file.ends_with("libcudnn.so.9"),
             "{}",
@@ -229,6 +231,5 @@ mod tests {
             err.contains(&file.display().to_string()) && err.contains("could not be loaded"),
             "{err}"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

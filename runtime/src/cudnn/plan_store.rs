@@ -172,7 +172,6 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use std::fs;
-    use std::path::PathBuf;
 
     use super::*;
 
@@ -194,16 +193,13 @@ mod tests {
         }
     }
 
-    fn store() -> (PlanStore, PathBuf) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "lancet-plan-store-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        (PlanStore::new(&dir), dir)
+    /// A store in a folder of its own, removed when the test ends (also when it fails).
+    fn store() -> (PlanStore, tempfile::TempDir) {
+        let dir = tempfile::Builder::new()
+            .prefix("lancet-plan-store-")
+            .tempdir()
+            .unwrap();
+        (PlanStore::new(dir.path()), dir)
     }
 
     fn rejected(lookup: Lookup) -> String {
@@ -218,12 +214,11 @@ mod tests {
         let (store, dir) = store();
         assert_eq!(store.load(&key()), Lookup::Miss);
         let path = store.store(&key(), &plan()).unwrap();
-        assert!(path.starts_with(&dir) && path.extension().unwrap() == "plan");
+        assert!(path.starts_with(dir.path()) && path.extension().unwrap() == "plan");
         assert_eq!(store.load(&key()), Lookup::Hit(plan()));
         // Overwriting leaves no temporary files behind.
         store.store(&key(), &plan()).unwrap();
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
-        fs::remove_dir_all(dir).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
@@ -238,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_different_cudnn_or_lancet_version_is_rejected_by_name() {
-        let (store, dir) = store();
+        let (store, _dir) = store();
         store.store(&key(), &plan()).unwrap();
         let mut upgraded = key();
         upgraded.cudnn = 91900;
@@ -249,12 +244,11 @@ mod tests {
         let mut upgraded = key();
         upgraded.lancet = "0.2.0".into();
         assert!(rejected(store.load(&upgraded)).contains("lancet version 0.1.0"));
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn corruption_is_rejected_not_trusted() {
-        let (store, dir) = store();
+        let (store, _dir) = store();
         let path = store.store(&key(), &plan()).unwrap();
         let good = fs::read(&path).unwrap();
 
@@ -277,7 +271,6 @@ mod tests {
             .replacen("\"format\":1", "\"format\":7", 1);
         fs::write(&path, text).unwrap();
         assert!(rejected(store.load(&key())).contains("format 7"));
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
