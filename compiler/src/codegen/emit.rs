@@ -422,9 +422,9 @@ pub(crate) fn fnv1a(text: &str) -> u64 {
 
 pub fn kernel(spec: KernelSpec, nodes: Vec<String>) -> Kernel {
     let (template, body) = if spec.is_elementwise() {
-        ("elementwise", elementwise(&spec))
+        ("elementwise.cu.tera", elementwise(&spec))
     } else {
-        ("row", row(&spec))
+        ("row.cu.tera", row(&spec))
     };
     let mut ops: Vec<&str> = Vec::new();
     for job in &spec.jobs {
@@ -436,22 +436,7 @@ pub fn kernel(spec: KernelSpec, nodes: Vec<String>) -> Kernel {
     }
     let name = format!("{}_{:08x}", ops.join("_"), fnv1a(&body) as u32);
     let body = body.replace(NAME, &name);
-    let mut header =
-        format!("// lancet generated kernel {name} (template {template}.cu.tera)\n// implements:");
-    let mut width = header.len();
-    for (i, node) in nodes.iter().enumerate() {
-        let item = if i + 1 < nodes.len() {
-            format!(" {node},")
-        } else {
-            format!(" {node}")
-        };
-        if width + item.len() > 100 {
-            header.push_str("\n//  ");
-            width = 4;
-        }
-        width += item.len();
-        header.push_str(&item);
-    }
+    let mut header = super::header(&name, template, &nodes);
     for (j, job) in spec.jobs.iter().enumerate() {
         write!(
             header,
@@ -466,10 +451,7 @@ pub fn kernel(spec: KernelSpec, nodes: Vec<String>) -> Kernel {
     header.push('\n');
     Kernel {
         name,
-        template: match template {
-            "elementwise" => "elementwise.cu.tera",
-            _ => "row.cu.tera",
-        },
+        template,
         header,
         body,
         spec: Generated::Fused(spec),

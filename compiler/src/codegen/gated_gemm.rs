@@ -27,16 +27,16 @@ pub fn supports(act: GateAct) -> bool {
     act != GateAct::GeluErf
 }
 
-/// Rows of `x` per output tile (two consumer warpgroups of 64 rows each).
+/// Rows of `x` per output tile (two consumer warpgroups of 64 rows each): one TMA box of `x` a
+/// stage.
 pub const TILE_M: usize = 128;
 /// Output columns per tile: the tile's B operand is `TILE_N` gate rows of `w` and the `TILE_N` up
-/// rows `f` further on, so one m64n256 wgmma holds both halves of the same columns.
+/// rows `f` further on (two TMA boxes a stage), so one m64n256 wgmma holds both halves of the
+/// same columns.
 pub const TILE_N: usize = 128;
 /// Bytes of `k` per pipeline stage: one 128-byte swizzle row, what a TMA box with that swizzle
 /// may span.
 pub const BOX_K: usize = 128;
-/// Rows of one TMA box: `x` takes one per stage, `w` two (gate and up).
-pub const BOX_ROWS: usize = 128;
 /// Stages in the shared-memory ring: 48 KiB each, so four leave room for nothing else, and
 /// hide TMA's latency behind the three in flight.
 pub const STAGES: usize = 4;
@@ -84,18 +84,7 @@ pub fn generate(spec: GatedGemmSpec, nodes: Vec<String>) -> Kernel {
     let body = templates::render(TEMPLATE, &ctx);
     let name = format!("gated_gemm_{}_{:016x}", spec.act.name(), fnv1a(&body));
     let body = body.replace(PLACEHOLDER, &name);
-    let mut header = format!("// lancet generated kernel {name} (template {TEMPLATE})\n");
-    header.push_str("// implements:");
-    let mut width = "// implements:".len();
-    for (i, node) in nodes.iter().enumerate() {
-        let item = format!(" {node}{}", if i + 1 < nodes.len() { "," } else { "" });
-        if width + item.len() > 100 {
-            header.push_str("\n//  ");
-            width = 4;
-        }
-        width += item.len();
-        header.push_str(&item);
-    }
+    let mut header = super::header(&name, TEMPLATE, &nodes);
     write!(
         header,
         "\n// out[m, f] = quantize({}(y[:, :f]) · y[:, f:]) to {}, y = x[m, k] · w[2f, k]ᵀ in {}\n",

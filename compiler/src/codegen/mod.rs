@@ -301,6 +301,24 @@ impl Kernel {
     }
 }
 
+/// The first lines of every generated kernel's header comment: its name, the template that made
+/// it and the graph nodes it implements, wrapped at 100 columns. Ends without a newline.
+fn header(name: &str, template: &str, nodes: &[String]) -> String {
+    let mut header = format!("// lancet generated kernel {name} (template {template})\n");
+    let mut line = String::from("// implements:");
+    for (i, node) in nodes.iter().enumerate() {
+        let item = format!(" {node}{}", if i + 1 < nodes.len() { "," } else { "" });
+        if line.len() + item.len() > 100 {
+            header.push_str(&line);
+            header.push('\n');
+            line = String::from("//  ");
+        }
+        line.push_str(&item);
+    }
+    header.push_str(&line);
+    header
+}
+
 /// Generates the source of kernel `spec`, which implements graph `nodes`.
 pub fn generate(spec: Generated, nodes: Vec<String>) -> Kernel {
     match spec {

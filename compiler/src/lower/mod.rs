@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::codegen::gated_gemm::{self, K_MULTIPLE};
 use crate::codegen::{self, GatedGemmSpec, Generated, JobSpec, KernelSpec};
-use crate::ir::{DType, Graph, Instr, NodeId, Op, Operand, Origin, Program, RopeScaling};
+use crate::ir::{DType, GateAct, Graph, Instr, NodeId, Op, Operand, Origin, Program, RopeScaling};
 pub use layout::{BufferId, View};
 pub use plan::{
     AttentionStep, Buffer, BufferKind, Fp8Scales, GatedGemmStep, GemmStep, KernelStep, Plan, Step,
@@ -191,16 +191,7 @@ impl<'g> Lowering<'g> {
                 out
             }
             Op::Linear { .. } | Op::LinearAdd { .. } => self.gemm(id, args)?,
-            &Op::GatedLinear { act, mid, out } => self.gated_gemm(
-                id,
-                args,
-                GatedGemmSpec {
-                    act,
-                    mid,
-                    out,
-                    cluster: gated_gemm::CLUSTER,
-                },
-            )?,
+            &Op::GatedLinear { act, mid, out } => self.gated_gemm(id, args, (act, mid, out))?,
             Op::Attention { causal, scale } => self.attention(id, &args, *causal, scale.get(), None),
             Op::Fp8Attention {
                 causal,
@@ -359,20 +350,25 @@ impl<'g> Lowering<'g> {
 
     /// A gated GEMM step: `x` as a dense row-major `[m, k]` matrix (copied when it is not one),
     /// the weight contiguous, a fresh output and an amax slot named after the node.
-    fn gated_gemm(&mut self, id: NodeId, args: Vec<View>, spec: GatedGemmSpec) -> Result<View, LowerError> {
+    fn gated_gemm(
+        &mut self,
+        id: NodeId,
+        args: Vec<View>,
+        (act, mid, out_type): (GateAct, DType, DType),
+    ) -> Result<View, LowerError> {
         let node = self.graph.node(id);
         let k = args[0]
             .shape
             .last()
             .copied()
             .expect("linear inputs have rank >= 1");
-        if !gated_gemm::supports(spec.act) {
+        if !gated_gemm::supports(act) {
             return Err(self.unsupported(
                 id,
                 format!(
                     "the gated GEMM has no {} epilogue (it would spill registers); leave this \
                      gated linear unfused",
-                    spec.act.name()
+                    act.name()
                 ),
             ));
         }
@@ -399,9 +395,17 @@ impl<'g> Lowering<'g> {
         self.amax_slots.push(node.name.clone());
         // A cluster shares weight boxes between vertically adjacent tiles: with one row of tiles
         // the second CTA of each cluster would only multiply zeros.
-        let cluster = if m <= gated_gemm::TILE_M { 1 } else { spec.cluster };
-        self.specs
-            .push(Generated::GatedGemm(GatedGemmSpec { cluster, ..spec }));
+        let cluster = if m <= gated_gemm::TILE_M {
+            1
+        } else {
+            gated_gemm::CLUSTER
+        };
+        self.specs.push(Generated::GatedGemm(GatedGemmSpec {
+            act,
+            mid,
+            out: out_type,
+            cluster,
+        }));
         self.steps.push(Step::GatedGemm(GatedGemmStep {
             kernel: self.specs.len() - 1,
             x,

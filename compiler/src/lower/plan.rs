@@ -5,7 +5,6 @@ use std::fmt;
 use serde::Serialize;
 
 use super::layout::View;
-use crate::codegen::Generated;
 use crate::ir::{DType, Init};
 
 /// Where a buffer's memory comes from.
@@ -260,9 +259,10 @@ impl fmt::Display for Plan {
                     writeln!(f, "       out: {}", view(self, &g.out))?;
                 }
                 Step::GatedGemm(g) => {
-                    let Generated::GatedGemm(spec) = &self.kernels[g.kernel].spec else {
-                        unreachable!("gated GEMM steps run gated GEMM kernels")
-                    };
+                    let spec = self.kernels[g.kernel]
+                        .spec
+                        .gated_gemm()
+                        .expect("gated GEMM steps run gated GEMM kernels");
                     writeln!(
                         f,
                         "{i:>4} gated_gemm m {} f {} k {} act {}  [{}]",

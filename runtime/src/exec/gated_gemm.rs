@@ -11,7 +11,7 @@ use cudarc::driver::sys::{
     CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,
 };
 use cudarc::driver::{CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
-use lancet_compiler::codegen::gated_gemm::{smem_bytes, BOX_K, BOX_ROWS, THREADS, TILE_M, TILE_N};
+use lancet_compiler::codegen::gated_gemm::{smem_bytes, BOX_K, K_MULTIPLE, THREADS, TILE_M, TILE_N};
 use lancet_compiler::lower::GatedGemmStep;
 
 use super::ExecError;
@@ -25,6 +25,52 @@ struct TensorMap(CUtensorMap);
 
 // SAFETY: a plain-old-data struct of 16 u64s, laid out as the kernel's parameter.
 unsafe impl DeviceRepr for TensorMap {}
+
+/// A loaded gated-GEMM kernel made launchable, once for all the steps that run it: its shared
+/// memory granted, and how many of its clusters fit on the device at once.
+pub(super) struct GatedGemmKernel {
+    function: CudaFunction,
+    /// CTAs per cluster.
+    cluster: usize,
+    /// Clusters resident at once: a persistent grid must not have more, or the late ones would
+    /// run their whole share of tiles after the others finish.
+    resident: usize,
+}
+
+impl GatedGemmKernel {
+    /// Grants `function` the kernel's dynamic shared memory and counts its resident clusters.
+    pub(super) fn new(function: CudaFunction, cluster: usize, device: &Device) -> Result<Self, String> {
+        let smem = smem_bytes();
+        function
+            .set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(|e| format!("asking for {smem} bytes of shared memory: {e}"))?;
+        let resident = if cluster == 1 {
+            device.info().sm_count.max(1) as usize
+        } else {
+            function
+                .occupancy_max_active_clusters(launch_config(cluster), device.stream())
+                .map_err(|e| format!("asking how many clusters of {cluster} fit: {e}"))?
+                .max(1) as usize
+        };
+        Ok(GatedGemmKernel {
+            function,
+            cluster,
+            resident,
+        })
+    }
+}
+
+/// A launch of `grid` CTAs with the kernel's block and shared memory.
+fn launch_config(grid: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid as u32, 1, 1),
+        block_dim: (THREADS as u32, 1, 1),
+        shared_mem_bytes: smem_bytes() as u32,
+    }
+}
 
 /// One gated-GEMM step, resolved to device addresses.
 pub(super) struct GatedGemmLaunch {
@@ -50,16 +96,14 @@ pub(super) struct GatedGemmPointers {
 }
 
 impl GatedGemmLaunch {
-    /// Encodes the operands' descriptors and sizes the launch: one CTA per SM (at most one per
-    /// output tile; with clusters of `cluster` CTAs, as many clusters as fit at once), each
-    /// looping over tiles. `step` names the plan step in errors.
+    /// Encodes the operands' descriptors and sizes the launch: as many clusters (of one CTA, or
+    /// two) as are resident at once, at most one per unit of work, each looping over tiles.
+    /// `step` names the plan step in errors.
     pub(super) fn new(
         step: usize,
-        function: CudaFunction,
+        kernel: &GatedGemmKernel,
         g: &GatedGemmStep,
-        cluster: usize,
         p: &GatedGemmPointers,
-        device: &Device,
     ) -> Result<Self, ExecError> {
         let error = |problem: String| ExecError::Step {
             step,
@@ -68,41 +112,18 @@ impl GatedGemmLaunch {
         };
         let dim = |d: usize| i32::try_from(d).map_err(|_| error(format!("dimension {d} exceeds i32")));
         let dims = [dim(g.m)?, dim(g.f)?, dim(g.k)?];
-        let x_map = encode(p.x, g.m, g.k).map_err(|e| error(format!("x: {e}")))?;
-        let w_map = encode(p.w, 2 * g.f, g.k).map_err(|e| error(format!("w: {e}")))?;
-        let smem = smem_bytes();
-        function
-            .set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .map_err(|e| error(format!("asking for {smem} bytes of shared memory: {e}")))?;
+        let x_map = encode(p.x, g.m, g.k, TILE_M).map_err(|e| error(format!("x: {e}")))?;
+        let w_map = encode(p.w, 2 * g.f, g.k, TILE_N).map_err(|e| error(format!("w: {e}")))?;
         // The kernel's units of work: one column of `cluster` vertically adjacent tiles each.
+        let cluster = kernel.cluster;
         let groups = g.m.div_ceil(TILE_M).div_ceil(cluster) * g.f.div_ceil(TILE_N);
-        let mut config = LaunchConfig {
-            grid_dim: (0, 1, 1),
-            block_dim: (THREADS as u32, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        // Persistent: every cluster must be resident at once, or the late ones would run their
-        // whole share of tiles after the others finish.
-        let resident = if cluster == 1 {
-            device.info().sm_count.max(1) as usize
-        } else {
-            config.grid_dim.0 = cluster as u32;
-            function
-                .occupancy_max_active_clusters(config, device.stream())
-                .map_err(|e| error(format!("asking how many clusters of {cluster} fit: {e}")))?
-                .max(1) as usize
-        };
-        config.grid_dim.0 = (groups.min(resident) * cluster) as u32;
         Ok(GatedGemmLaunch {
-            function,
+            function: kernel.function.clone(),
             x_map,
             w_map,
             pointers: [p.x_scale, p.w_scale, p.out_scale, p.out, p.amax],
             dims,
-            config,
+            config: launch_config(groups.min(kernel.resident) * cluster),
         })
     }
 
@@ -130,19 +151,19 @@ impl GatedGemmLaunch {
 }
 
 /// The descriptor of a row-major e4m3 matrix `[rows, k]` at `address`, read in boxes of
-/// `BOX_ROWS` rows × `BOX_K` bytes with the 128-byte swizzle wgmma expects. Out-of-range
+/// `box_rows` rows × `BOX_K` bytes with the 128-byte swizzle wgmma expects. Out-of-range
 /// elements of edge boxes read as zero, which is what lets the kernel take any `m`, `f` and `k`.
-fn encode(address: u64, rows: usize, k: usize) -> Result<TensorMap, String> {
-    // TMA's own limits: a 16-byte aligned base and row pitch.
+fn encode(address: u64, rows: usize, k: usize, box_rows: usize) -> Result<TensorMap, String> {
+    // TMA's own limits: a 16-byte aligned base and row pitch (lowering sees to both).
     if address % 16 != 0 {
         return Err(format!("address {address:#x} is not 16-byte aligned"));
     }
-    if k % 16 != 0 {
-        return Err(format!("row of {k} bytes is not a multiple of 16"));
+    if k % K_MULTIPLE != 0 {
+        return Err(format!("row of {k} bytes is not a multiple of {K_MULTIPLE}"));
     }
     let global_dim = [k as u64, rows as u64];
     let global_strides = [k as u64];
-    let box_dim = [BOX_K as u32, BOX_ROWS as u32];
+    let box_dim = [BOX_K as u32, box_rows as u32];
     let element_strides = [1u32, 1];
     let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
     // SAFETY: every array holds the rank (2) entries the call reads (strides: rank − 1), and

@@ -28,7 +28,7 @@ use crate::attention::{
 use crate::cublaslt::{GemmPlan, GemmPointers, GemmSpec, Gemms, ScalePointers};
 use crate::device::Device;
 use crate::jit::Compilation;
-use gated_gemm::{GatedGemmLaunch, GatedGemmPointers};
+use gated_gemm::{GatedGemmKernel, GatedGemmLaunch, GatedGemmPointers};
 pub use host::{decode, encode};
 pub use init::{DeviceParams, InitKernels, InitSource};
 pub use memory::{AttentionScalar, Buffers, OutOfMemory};
@@ -165,6 +165,28 @@ impl<'d> Prepared<'d> {
             functions.push(function);
         }
         times.modules_ms = ms(t);
+        // Per gated GEMM kernel (not per step): shared memory granted, resident clusters counted.
+        let mut gated: HashMap<usize, GatedGemmKernel> = HashMap::new();
+        for pending in &launches {
+            let &Pending::GatedGemm { kernel, .. } = pending else {
+                continue;
+            };
+            if gated.contains_key(&kernel) {
+                continue;
+            }
+            let spec = plan.kernels[kernel]
+                .spec
+                .gated_gemm()
+                .expect("gated GEMM steps run gated GEMM kernels");
+            let prepared =
+                GatedGemmKernel::new(functions[kernel].clone(), spec.cluster, device).map_err(|problem| {
+                    ExecError::Kernel {
+                        kernel: plan.kernels[kernel].name.clone(),
+                        problem,
+                    }
+                })?;
+            gated.insert(kernel, prepared);
+        }
         let launches = launches
             .into_iter()
             .map(|pending| match pending {
@@ -185,12 +207,7 @@ impl<'d> Prepared<'d> {
                     let Step::GatedGemm(g) = &plan.steps[step] else {
                         unreachable!("step {step} was lowered as a gated GEMM")
                     };
-                    let spec = plan.kernels[kernel]
-                        .spec
-                        .gated_gemm()
-                        .expect("gated GEMM steps run gated GEMM kernels");
-                    let function = functions[kernel].clone();
-                    GatedGemmLaunch::new(step, function, g, spec.cluster, &pointers, device)
+                    GatedGemmLaunch::new(step, &gated[&kernel], g, &pointers)
                         .map(|launch| Launch::GatedGemm(Box::new(launch)))
                 }
                 Pending::Ready(launch) => Ok(launch),
