@@ -127,7 +127,7 @@ static bool probe(int m, int f, int k, int runs) {
     CHECK(cudaMemset(amax, 0, 4));
 
     const CUtensorMap x_map = tensor_map(x, m, k, BM), w_map = tensor_map(w, 2 * f, k, BN);
-    const int smem = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
+    const int smem = SMEM_BYTES;
     CHECK(cudaFuncSetAttribute(KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     // As the runtime sizes it: one CTA per SM, or as many clusters as are resident at once.
     int resident = 0;
@@ -206,7 +206,7 @@ static bool probe(int m, int f, int k, int runs) {
 int main() {
     // (m, f, k, timed runs): partial tiles in every dimension, then the headline's MLP.
     const int shapes[][4] = {
-        {200, 200, 96, 0}, {130, 127, 256, 0}, {128, 128, 128, 0}, {300, 384, 512, 0}, {4096, 8192, 2048, 100},
+        {200, 200, 96, 0}, {130, 130, 256, 0}, {128, 128, 128, 0}, {300, 384, 512, 0}, {4096, 8192, 2048, 100},
     };
     int failed = 0;
     for (const auto& s : shapes) failed += !probe(s[0], s[1], s[2], s[3]);

@@ -73,12 +73,13 @@ LANCET_BEFORE_TORCH = [
         "fp8_unfused",
     ),
     LancetRow("lancet_bf16", "lancet bf16, fusion on", ("--precision", "bf16", "--fusion", "on"), "bf16"),
-    # SwiGLU and its quantize in the gate/up GEMM's epilogue (lancet's own FP8 GEMM kernel).
+    # The gate/up projection as a cuBLASLt GEMM and SwiGLU + quantize as a generated kernel, not
+    # lancet's own gated GEMM (the default before 2026-12-07).
     LancetRow(
-        "lancet_fp8_gated_gemm",
-        "lancet FP8 + FP8 attention, fusion on, gated GEMM",
-        (*FP8_FUSED, "--gated-gemm", "on"),
-        "fp8_gated_gemm",
+        "lancet_fp8_no_gated_gemm",
+        "lancet FP8 + FP8 attention, fusion on, no gated GEMM",
+        (*FP8_FUSED, "--gated-gemm", "off"),
+        "fp8_no_gated_gemm",
     ),
 ]
 LANCET_AFTER_TORCH = [
@@ -88,7 +89,7 @@ LANCET_AFTER_TORCH = [
 LANCET_TABLE_ORDER = [
     "lancet_fp8_cold",
     "lancet_fp8_warm",
-    "lancet_fp8_gated_gemm",
+    "lancet_fp8_no_gated_gemm",
     "lancet_fp8_bf16_attention",
     "lancet_fp8_unfused",
     "lancet_bf16",

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use lancet_compiler::codegen::Kernel;
+use lancet_compiler::codegen::{gated_gemm, Kernel};
 use lancet_compiler::ir::Graph;
 use lancet_compiler::lower::{lower_with, LowerOptions, Plan};
 use lancet_compiler::rewrite::{optimize, Options, Report};
@@ -69,9 +69,15 @@ pub fn build_kernels(
     Ok(result)
 }
 
+/// Rewrites, lowers and (when asked) compiles `graph` for `options.jit.arch`: the gated GEMM only
+/// where that architecture runs it.
 pub fn compile(graph: &Graph, options: &CompileOptions) -> anyhow::Result<Compiled> {
     let t0 = Instant::now();
-    let (optimized, report) = optimize(graph, &options.rewrite)?;
+    let rewrite = Options {
+        gated_gemm: options.rewrite.gated_gemm && gated_gemm::runs_on(&options.jit.arch),
+        ..options.rewrite.clone()
+    };
+    let (optimized, report) = optimize(graph, &rewrite)?;
     let t1 = Instant::now();
     let merge_launches = options.rewrite.fusion;
     let plan = lower_with(&optimized, &LowerOptions { merge_launches })?;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use lancet_compiler::checkpoint::Checkpoint;
+use lancet_compiler::codegen::gated_gemm;
 use lancet_compiler::ir::Graph;
 use lancet_compiler::reference::Bindings;
 use lancet_compiler::weights::{constant_params, random_inputs, random_params};
@@ -168,6 +169,10 @@ type Compiling = JoinHandle<Result<Built>>;
 struct Built {
     arch: String,
     cubins: std::result::Result<Compilation, JitError>,
+    /// The model compiled again for `arch`, when the plan [`start`] made before knowing it has
+    /// kernels that architecture does not run (gated GEMMs on a GPU other than Hopper): the
+    /// cubins are this plan's.
+    replanned: Option<Compiled>,
     arch_wait_ms: f64,
     compile_ms: f64,
     done: Instant,
@@ -194,15 +199,27 @@ pub fn start(graph: &Graph, data: &Data, options: &SessionOptions, ordinal: usiz
             ..options.compile.clone()
         },
     )?;
-    let plan = &compiled.plan;
-    let kernels = plan.kernels.clone();
+    let kernels = compiled.plan.kernels.clone();
+    let has_gated_gemms = compiled.plan.gated_gemms() > 0;
+    let graph = graph.clone();
     let compile_options = options.compile.clone();
     let kernels = on_thread(ordinal, compile_options.clone(), move |options| {
-        build_kernels(&kernels, options)
+        if has_gated_gemms && !gated_gemm::runs_on(&options.jit.arch) {
+            let replanned = compile(
+                &graph,
+                &CompileOptions {
+                    nvrtc: false,
+                    ..options.clone()
+                },
+            )?;
+            let cubins = build_kernels(&replanned.plan.kernels, options)?;
+            return Ok((cubins, Some(replanned)));
+        }
+        Ok((build_kernels(&kernels, options)?, None))
     });
     // Weights are made on the GPU (drawn, or a checkpoint's converted there) by a fixed program.
     let init = on_thread(ordinal, compile_options, |options| {
-        Ok(jit::compile(&[InitSource], &options.jit))
+        Ok((jit::compile(&[InitSource], &options.jit), None))
     });
     Ok(Startup {
         compiled,
@@ -219,17 +236,20 @@ pub fn start(graph: &Graph, data: &Data, options: &SessionOptions, ordinal: usiz
 fn on_thread(
     ordinal: usize,
     mut options: CompileOptions,
-    compile: impl FnOnce(&CompileOptions) -> Result<std::result::Result<Compilation, JitError>> + Send + 'static,
+    compile: impl FnOnce(&CompileOptions) -> Result<(std::result::Result<Compilation, JitError>, Option<Compiled>)>
+        + Send
+        + 'static,
 ) -> Compiling {
     std::thread::spawn(move || {
         let t = Instant::now();
         options.jit.arch = arch_of(compute_capability(ordinal)?);
         let arch_wait_ms = ms(t);
         let t = Instant::now();
-        let cubins = compile(&options)?;
+        let (cubins, replanned) = compile(&options)?;
         Ok(Built {
             arch: options.jit.arch,
             cubins,
+            replanned,
             arch_wait_ms,
             compile_ms: ms(t),
             done: Instant::now(),
@@ -264,9 +284,20 @@ impl Startup {
             data,
             options,
             began,
-            kernels,
+            mut kernels,
             init,
         } = self;
+        // A plan with kernels this GPU does not run: the compile thread plans the model again
+        // for it, and everything below needs that plan first (no overlap, on such GPUs only).
+        if compiled.plan.gated_gemms() > 0 && !gated_gemm::runs_on(&arch_of(device.info().compute_capability))
+        {
+            let mut built = joined(kernels, device)?;
+            compiled = built
+                .replanned
+                .take()
+                .context("the compile thread did not plan the model again for this GPU")?;
+            kernels = std::thread::spawn(move || Ok(built));
+        }
         let graph = &compiled.optimized;
         let mut ready = ReadyTimes::default();
         let (mut exe, inputs, cubins, nvrtc_ms) = std::thread::scope(|scope| -> Result<_> {

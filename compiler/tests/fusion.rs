@@ -40,7 +40,7 @@ fn bindings(graph: &Graph, seed: u64) -> Bindings {
 
 /// The largest relative L2 error over the outputs of `graph` before and after rewriting.
 fn rewrite_error(graph: &Graph, seed: u64) -> (f64, Graph) {
-    let (optimized, report) = optimize(graph, &Options::all_rules()).unwrap();
+    let (optimized, report) = optimize(graph, &Options::default()).unwrap();
     assert_eq!(report.stop_reason, "saturated");
     let b = bindings(graph, seed);
     let before = evaluate(graph, &b).unwrap();
@@ -208,7 +208,7 @@ fn plan(config: &LlamaConfig, fusion: bool) -> Plan {
         &graph,
         &Options {
             fusion,
-            ..Options::all_rules()
+            ..Options::default()
         },
     )
     .unwrap();
@@ -444,7 +444,7 @@ fn an_unusual_chain_fuses_into_one_kernel() {
     let c = b.cast(a, DType::F32).unwrap();
     b.output("out", c).unwrap();
     let graph = b.finish();
-    let (optimized, report) = optimize(&graph, &Options::all_rules()).unwrap();
+    let (optimized, report) = optimize(&graph, &Options::default()).unwrap();
     assert!(report.rules_fired["grow-kernel"] >= 3, "{:?}", report.rules_fired);
     let p = lower(&optimized).unwrap();
     assert_eq!(launches(&p), ["gelu_mul_add_cast"]);
@@ -461,7 +461,7 @@ fn a_value_with_two_readers_is_not_fused_into_either() {
     let m = b.mul(s, s).unwrap();
     b.output("a", a).unwrap();
     b.output("m", m).unwrap();
-    let p = lower(&optimize(&b.finish(), &Options::all_rules()).unwrap().0).unwrap();
+    let p = lower(&optimize(&b.finish(), &Options::default()).unwrap().0).unwrap();
     // silu is materialised once; its two independent readers share one launch (horizontal
     // merge), each computing from memory.
     assert_eq!(launches(&p), ["silu", "gelu_mul"].map(String::from).to_vec());
@@ -545,7 +545,7 @@ fn view_algebra_collapses_chains() {
         let out = build(&mut b);
         b.output("out", out).unwrap();
         let graph = b.finish();
-        let (optimized, _) = optimize(&graph, &Options::all_rules()).unwrap();
+        let (optimized, _) = optimize(&graph, &Options::default()).unwrap();
         for goal in *goals {
             let (kind, n) = goal.split_once(':').unwrap();
             let n: usize = n.parse().unwrap();
@@ -581,6 +581,8 @@ fn view_algebra_collapses_chains() {
 struct Glu {
     /// Features of `x`: the gated GEMM needs a multiple of 16.
     k: usize,
+    /// Width of each half (gate, up): the gated GEMM needs a multiple of 2.
+    f: usize,
     /// The gate's activation: `None` for SiLU.
     gelu: Option<GeluApprox>,
     /// `up · act(gate)` instead of `act(gate) · up`.
@@ -594,6 +596,7 @@ struct Glu {
 
 const GLU: Glu = Glu {
     k: 32,
+    f: 16,
     gelu: None,
     up_first: false,
     swapped_halves: false,
@@ -601,9 +604,9 @@ const GLU: Glu = Glu {
     tap: None,
 };
 
-/// `quantize(act(y[.., :f]) · y[.., f:])` with `y` an FP8 linear of `x [2, 4, k]`, `f = 16`.
+/// `quantize(act(y[.., :f]) · y[.., f:])` with `y` an FP8 linear of `x [2, 4, k]`.
 fn glu_graph(glu: Glu) -> Graph {
-    let f = 16;
+    let f = glu.f;
     let mut b = Builder::new();
     let x = b.input("x", DType::F8E4M3, [2, 4, glu.k]).unwrap();
     let w = b
@@ -727,10 +730,11 @@ fn gated_linear_fuses_only_a_whole_glu() {
             None,
         ),
         ("k = 24, rows TMA cannot load => kept", Glu { k: 24, ..GLU }, None),
+        ("f = 15, odd => kept", Glu { f: 15, ..GLU }, None),
     ];
     for &(what, glu, want) in cases {
         let graph = glu_graph(glu);
-        let (optimized, report) = optimize(&graph, &Options::all_rules()).unwrap();
+        let (optimized, report) = optimize(&graph, &Options::default()).unwrap();
         let gated: Vec<_> = optimized
             .nodes()
             .filter_map(|(_, n)| match n.op {
@@ -788,11 +792,14 @@ fn gated_gemm_reads_x_as_a_dense_matrix() {
     assert_eq!(p.amax_slots, std::slice::from_ref(&g.node));
 }
 
-/// Lowering's error for a lone `GatedLinear` node (named `mlp.act`) over `x [8, k]`.
-fn gated_linear_lowering_error(k: usize, act: GateAct) -> String {
+/// Lowering's error for a lone `GatedLinear` node (named `mlp.act`) over `x [8, k]` and
+/// `w [2f, k]`.
+fn gated_linear_lowering_error(k: usize, f: usize, act: GateAct) -> String {
     let mut b = Builder::new();
     let x = b.input("x", DType::F8E4M3, [8, k]).unwrap();
-    let w = b.param("w", DType::F8E4M3, [32, k], Init::normal(1.0)).unwrap();
+    let w = b
+        .param("w", DType::F8E4M3, [2 * f, k], Init::normal(1.0))
+        .unwrap();
     let s = [0.5, 0.01, 0.02].map(|v| {
         b.param(&format!("s{v}"), DType::F32, [], Init::constant(v))
             .unwrap()
@@ -808,7 +815,7 @@ fn gated_linear_lowering_error(k: usize, act: GateAct) -> String {
 
 #[test]
 fn gated_gemm_needs_k_a_multiple_of_16() {
-    let err = gated_linear_lowering_error(24, GateAct::Silu);
+    let err = gated_linear_lowering_error(24, 16, GateAct::Silu);
     assert!(
         err.starts_with("node 5 (gated_linear 'mlp.act'): k = 24 is not a multiple of 16"),
         "{err}"
@@ -816,8 +823,17 @@ fn gated_gemm_needs_k_a_multiple_of_16() {
 }
 
 #[test]
+fn gated_gemm_needs_f_even() {
+    let err = gated_linear_lowering_error(32, 15, GateAct::Silu);
+    assert!(
+        err.starts_with("node 5 (gated_linear 'mlp.act'): f = 15 is not a multiple of 2"),
+        "{err}"
+    );
+}
+
+#[test]
 fn gated_gemm_refuses_the_erf_gelu_by_name() {
-    let err = gated_linear_lowering_error(32, GateAct::GeluErf);
+    let err = gated_linear_lowering_error(32, 16, GateAct::GeluErf);
     assert!(
         err.starts_with("node 5 (gated_linear 'mlp.act'): the gated GEMM has no gelu_erf epilogue"),
         "{err}"

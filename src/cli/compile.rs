@@ -27,9 +27,9 @@ pub struct CompileArgs {
     #[arg(long, value_enum, default_value = "on")]
     pub fusion: Switch,
     /// With fusion, a gated linear unit (SwiGLU, GeGLU) and its FP8 quantize in the epilogue of
-    /// lancet's own FP8 GEMM kernel instead of a cuBLASLt GEMM and a glue kernel (opt-in until
-    /// it has been checked on an H100).
-    #[arg(long, value_enum, default_value = "off")]
+    /// lancet's own FP8 GEMM kernel instead of a cuBLASLt GEMM and a glue kernel (Hopper,
+    /// sm_90a, only: for other architectures the latter whatever this says).
+    #[arg(long, value_enum, default_value = "on")]
     pub gated_gemm: Switch,
     /// GPU architecture to compile for.
     #[arg(long, default_value = "sm_90a")]

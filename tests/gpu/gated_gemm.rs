@@ -1,21 +1,32 @@
 //! lancet's own FP8 GEMM with the gated-linear epilogue (`templates/gated_gemm.cu.tera`) against
 //! the reference interpreter: shapes that leave partial tiles in every dimension (rows, output
-//! columns, an odd column count, K shorter than one 128-byte stage), both gate activations, the
-//! headline's MLP width, and whole models with the rule on. Outputs are poisoned with NaN first
-//! (see `exec::check_with`), and each check fails when the plan has no gated GEMM to exercise.
+//! columns, K shorter than one 128-byte stage), both gate activations, the headline's MLP width,
+//! and whole models with the rule on, and, as the rule is on by default, one with it off (the
+//! cuBLASLt GEMM and the fused SwiGLU kernel it replaces). Outputs are poisoned with NaN first
+//! (see `exec::check_with`), and each check with the rule on fails when the plan has no gated
+//! GEMM to exercise.
 
-use lancet_compiler::ir::{Builder, DType, GeluApprox, Init, Tensor};
+use lancet_compiler::ir::{Builder, DType, GeluApprox, Graph, Init, Tensor};
 use lancet_compiler::rewrite::Options;
 use libtest_mimic::{Failed, Trial};
 
 use crate::exec::{check_with, model, Mode};
 use crate::support::{fail, gpu_trial};
 
-/// The rewrite options of every check here: fusion with the gated-linear rule.
-fn gated() -> Options {
-    Options {
-        gated_gemm: true,
+/// Checks `graph` with fusion and the gated-linear rule on or off (spelled out: the checks must
+/// not depend on the default), failing when the plan has gated GEMMs and should not, or has
+/// none and so would not exercise the kernel.
+fn check_gated(graph: &Graph, on: bool, fast_accum: bool, tolerance: f64) -> Result<(), Failed> {
+    let options = Options {
+        gated_gemm: on,
         ..Options::default()
+    };
+    match (on, check_with(graph, &options, fast_accum, tolerance)?) {
+        (true, 0) => Err(fail(
+            "the plan has no gated GEMM: the check would not exercise it",
+        )),
+        (false, n) if n > 0 => Err(fail(format!("gated GEMM switched off, but the plan has {n}"))),
+        _ => Ok(()),
     }
 }
 
@@ -52,7 +63,7 @@ fn kernel_case(rows: usize, k: usize, f: usize, gelu: bool) -> Result<(), Failed
     let out = glu(&mut b, rows, k, f, gelu);
     b.output("out", out).map_err(fail)?;
     // One FP8 GEMM whose output is quantized again: as the fused SwiGLU kernel's test.
-    check_with(&b.finish(), &gated(), false, 3e-2).map(|_| ())
+    check_gated(&b.finish(), true, false, 3e-2)
 }
 
 pub fn trials() -> Vec<Trial> {
@@ -60,7 +71,7 @@ pub fn trials() -> Vec<Trial> {
     #[rustfmt::skip]
     let kernels: [(&str, usize, usize, usize, bool); 5] = [
         ("silu_ragged_k96", 100, 96, 200, false),
-        ("silu_odd_f", 130, 256, 127, false),
+        ("silu_ragged_f", 130, 256, 130, false),
         ("gelu_tanh", 300, 512, 384, true),
         ("silu_one_tile", 128, 128, 128, false),
         ("silu_headline_mlp", 256, 2048, 8192, false),
@@ -86,8 +97,15 @@ pub fn trials() -> Vec<Trial> {
             // bf16 attention: these checks are about the GEMM, and FP8 attention needs a cuDNN
             // that not every machine has.
             let graph = model(preset, layers, 2, seq, Mode::Fp8Linears, None);
-            check_with(&graph, &gated(), true, tolerance).map(|_| ())
+            check_gated(&graph, true, true, tolerance)
         }));
     }
+    trials.push(gpu_trial(
+        "gated_gemm::model::llama_1b_2_layers_seq64_without",
+        || {
+            let graph = model("llama-3.2-1b", 2, 2, 64, Mode::Fp8Linears, None);
+            check_gated(&graph, false, true, 6e-2)
+        },
+    ));
     trials
 }

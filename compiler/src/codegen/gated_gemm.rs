@@ -18,6 +18,11 @@ use crate::ir::{DType, GateAct};
 /// whose pitch is a multiple of 16 bytes, and FP8 elements are one byte each.
 pub const K_MULTIPLE: usize = 16;
 
+/// Output columns `f` the kernel needs to be a multiple of: its epilogue stores each thread's
+/// pair of adjacent FP8 outputs with one 2-byte store. (A byte-store path for odd `f` doubled the
+/// kernel's compile time, 308 → 540 ms, for widths no model has.)
+pub const F_MULTIPLE: usize = 2;
+
 const TEMPLATE: &str = "gated_gemm.cu.tera";
 
 /// Whether the kernel can apply `act` in its epilogue. Beside 128 accumulators a thread, ptxas
@@ -25,6 +30,14 @@ const TEMPLATE: &str = "gated_gemm.cu.tera";
 /// spilled (28 bytes), so the exact GELU stays a cuBLASLt GEMM and a fused kernel.
 pub fn supports(act: GateAct) -> bool {
     act != GateAct::GeluErf
+}
+
+/// Whether GPUs of NVRTC target `arch` run the kernel: it is built of Hopper's
+/// architecture-specific instructions (wgmma, setmaxnreg), which `sm_90a` alone has — Ada has
+/// no wgmma, and Blackwell's `sm_100a` replaces it. Elsewhere a gated linear unit stays a cuBLASLt
+/// GEMM and a fused kernel.
+pub fn runs_on(arch: &str) -> bool {
+    arch == "sm_90a"
 }
 
 /// Rows of `x` per output tile (two consumer warpgroups of 64 rows each): one TMA box of `x` a
@@ -40,8 +53,10 @@ pub const BOX_K: usize = 128;
 /// Stages in the shared-memory ring: 48 KiB each, so four leave room for nothing else, and
 /// hide TMA's latency behind the three in flight.
 pub const STAGES: usize = 4;
-/// The cluster size lowering gives gated GEMMs: 1, until the multicast variant (2) has run and
-/// been timed on an H100 (it compiles in CI, `tests/nvrtc.rs`).
+/// The cluster size lowering gives gated GEMMs: 1. The multicast variant (2, which halves the
+/// weight traffic from L2) is correct on an H100 but was no faster at the headline's MLP shape
+/// (docs/benchmarks.md, 2026-12-07): L2 is not what bounds this kernel yet. It stays compiled in
+/// CI (`tests/nvrtc.rs`) for when the bound moves there.
 pub const CLUSTER: usize = 1;
 /// Threads per CTA: one producer warpgroup and two consumer warpgroups.
 pub const THREADS: usize = 384;
@@ -80,6 +95,7 @@ pub fn generate(spec: GatedGemmSpec, nodes: Vec<String>) -> Kernel {
     ctx.insert("bn", &TILE_N);
     ctx.insert("bk", &BOX_K);
     ctx.insert("stages", &STAGES);
+    ctx.insert("smem_bytes", &smem_bytes());
     ctx.insert("cluster", &spec.cluster);
     let body = templates::render(TEMPLATE, &ctx);
     let name = format!("gated_gemm_{}_{:016x}", spec.act.name(), fnv1a(&body));

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use crate::codegen::gated_gemm::{self, K_MULTIPLE};
+use crate::codegen::gated_gemm::{self, F_MULTIPLE, K_MULTIPLE};
 use crate::codegen::{self, GatedGemmSpec, Generated, JobSpec, KernelSpec};
 use crate::ir::{DType, GateAct, Graph, Instr, NodeId, Op, Operand, Origin, Program, RopeScaling};
 pub use layout::{BufferId, View};
@@ -381,6 +381,16 @@ impl<'g> Lowering<'g> {
                 ),
             ));
         }
+        let f = node.ty.shape.last();
+        if f % F_MULTIPLE != 0 {
+            return Err(self.unsupported(
+                id,
+                format!(
+                    "f = {f} is not a multiple of {F_MULTIPLE}: the gated GEMM stores its FP8 \
+                     outputs in pairs"
+                ),
+            ));
+        }
         let x = match args[0].as_matrix() {
             Some((_, _, ld)) if ld == k => args[0].clone(),
             _ => self.copy(&node.name, &args[0]),
@@ -415,7 +425,7 @@ impl<'g> Lowering<'g> {
             out_scale: args[4].clone(),
             out: out.clone(),
             m,
-            f: node.ty.shape.last(),
+            f,
             k,
             amax_slot: self.amax_slots.len() - 1,
             node: node.name.clone(),

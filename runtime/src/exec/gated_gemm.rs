@@ -11,7 +11,9 @@ use cudarc::driver::sys::{
     CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,
 };
 use cudarc::driver::{CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
-use lancet_compiler::codegen::gated_gemm::{smem_bytes, BOX_K, K_MULTIPLE, THREADS, TILE_M, TILE_N};
+use lancet_compiler::codegen::gated_gemm::{
+    smem_bytes, BOX_K, F_MULTIPLE, K_MULTIPLE, THREADS, TILE_M, TILE_N,
+};
 use lancet_compiler::lower::GatedGemmStep;
 
 use super::ExecError;
@@ -112,6 +114,10 @@ impl GatedGemmLaunch {
         };
         let dim = |d: usize| i32::try_from(d).map_err(|_| error(format!("dimension {d} exceeds i32")));
         let dims = [dim(g.m)?, dim(g.f)?, dim(g.k)?];
+        // The epilogue's paired stores (lowering sees to it).
+        if g.f % F_MULTIPLE != 0 {
+            return Err(error(format!("f = {} is not a multiple of {F_MULTIPLE}", g.f)));
+        }
         let x_map = encode(p.x, g.m, g.k, TILE_M).map_err(|e| error(format!("x: {e}")))?;
         let w_map = encode(p.w, 2 * g.f, g.k, TILE_N).map_err(|e| error(format!("w: {e}")))?;
         // The kernel's units of work: one column of `cluster` vertically adjacent tiles each.
@@ -152,7 +158,8 @@ impl GatedGemmLaunch {
 
 /// The descriptor of a row-major e4m3 matrix `[rows, k]` at `address`, read in boxes of
 /// `box_rows` rows × `BOX_K` bytes with the 128-byte swizzle wgmma expects. Out-of-range
-/// elements of edge boxes read as zero, which is what lets the kernel take any `m`, `f` and `k`.
+/// elements of edge boxes read as zero, which is what lets the kernel take any `m` and ragged `f`
+/// and `k`.
 fn encode(address: u64, rows: usize, k: usize, box_rows: usize) -> Result<TensorMap, String> {
     // TMA's own limits: a 16-byte aligned base and row pitch (lowering sees to both).
     if address % 16 != 0 {

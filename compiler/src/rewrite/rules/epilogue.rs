@@ -2,7 +2,7 @@
 
 use egg::Id;
 
-use crate::codegen::gated_gemm::{self, K_MULTIPLE};
+use crate::codegen::gated_gemm::{self, F_MULTIPLE, K_MULTIPLE};
 use crate::ir::{DType, GateAct, Op};
 use crate::rewrite::analysis::Graph;
 use crate::rewrite::lang::ENode;
@@ -100,7 +100,8 @@ fn gated_linear(egraph: &Graph, id: Id) -> Vec<Proposal> {
     out
 }
 
-/// For each FP8 linear `y` (`[.., 2f]` of `mid` values, `k` a multiple of [`K_MULTIPLE`]) whose
+/// For each FP8 linear `y` (`[.., 2f]` of `mid` values, `k` a multiple of [`K_MULTIPLE`], `f` of
+/// [`F_MULTIPLE`]) whose
 /// first half along the last axis is class `gate` and second half class `up`, and which nothing
 /// but those two slices reads: `mid` and the linear's operands `(x, w, x_scale, w_scale)`.
 fn packed_linears(egraph: &Graph, gate: Id, up: Id) -> Vec<(DType, Vec<Id>)> {
@@ -123,6 +124,7 @@ fn packed_linears(egraph: &Graph, gate: Id, up: Id) -> Vec<(DType, Vec<Id>)> {
         };
         let halves = axis + 1 == dims.len()
             && dims[axis] == 2 * f
+            && f % F_MULTIPLE == 0
             && egraph[up]
                 .nodes
                 .iter()
