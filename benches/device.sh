@@ -71,36 +71,47 @@ fi
 
 if want gated; then
 # The gated GEMM (lancet's own FP8 GEMM with SwiGLU + quantize in its epilogue): its GPU
-# tests alone, then where the headline's time goes with it on and off (same process kind, one
-# after the other, so the per-step medians compare).
+# tests alone, then where the headline's time goes with it off, on, and on with the staged
+# epilogue (same process kind, one after the other, so the per-step medians compare).
 # (Bounded: a kernel that deadlocks would otherwise hold the call until its limit.)
 step gated-tests timeout 300 "$BUNDLE/gpu-tests" gated_gemm
-for gated in off on; do
-    step "gated-profile-$gated" timeout 120 "$BUNDLE/lancet" bench --preset llama-3.2-1b --layers 8 --batch 2 --seq 2048 \
-        --precision fp8 --attention fp8 --gated-gemm "$gated" --profile --json
+for variant in off on staged; do
+    flags=(--gated-gemm on)
+    [[ $variant == off ]] && flags=(--gated-gemm off)
+    [[ $variant == staged ]] && flags+=(--gated-epilogue staged)
+    step "gated-profile-$variant" timeout 120 "$BUNDLE/lancet" bench --preset llama-3.2-1b --layers 8 --batch 2 \
+        --seq 2048 --precision fp8 --attention fp8 "${flags[@]}" --profile --json
 done
 fi
 
 if want probe; then
 # The gated GEMM kernel alone, outside lancet (for tuning it here): lancet dumps the kernel it
-# generates, nvcc builds benches/gated_gemm_probe.cu around it, and the probe checks it against a
-# naive kernel and times it at the headline's MLP shape.
+# generates (each epilogue), nvcc builds benches/gated_gemm_probe.cu around it, and the probe
+# checks it against a naive kernel and times it at the headline's MLP shape. Variants: the
+# epilogue in registers (the default), the same with clusters of 2 (multicast), and the staged
+# epilogue.
 dir=$(cd "$OUT" && pwd)/probe-kernels  # absolute: the probe #includes it
-step probe-dump "$BUNDLE/lancet" compile --preset llama-3.2-1b --layers 1 --batch 1 --seq 128 --attention fp8 \
-    --gated-gemm on --no-nvrtc --dump-kernels "$dir" --force
-kernel=$(basename "$(ls "$dir"/gated_gemm_silu_*.cu 2>/dev/null | head -n 1)" .cu)
-# The multicast variant (clusters of 2), which lowering does not choose yet: the same source as
-# the template renders it with cluster = 2.
-if [[ -f $dir/$kernel.cu ]]; then
+for epilogue in registers staged; do
+    step "probe-dump-$epilogue" "$BUNDLE/lancet" compile --preset llama-3.2-1b --layers 1 --batch 1 --seq 128 \
+        --attention fp8 --gated-epilogue "$epilogue" --no-nvrtc --dump-kernels "$dir/$epilogue" --force
+    kernel=$(basename "$(ls "$dir/$epilogue"/gated_gemm_silu_*.cu 2>/dev/null | head -n 1)" .cu)
+    cp "$dir/$epilogue/$kernel.cu" "$dir/$epilogue.cu" 2>/dev/null
+    echo "$kernel" >"$dir/$epilogue.name"
+done
+# The multicast variant (clusters of 2), which lowering does not choose: the same source as the
+# template renders it with cluster = 2.
+if [[ -f $dir/registers.cu ]]; then
     sed -e 's/^constexpr int CLUSTER = 1;/constexpr int CLUSTER = 2;/' \
         -e 's/__launch_bounds__(384, 1) /__launch_bounds__(384, 1) __cluster_dims__(2, 1, 1) /' \
-        "$dir/$kernel.cu" >"$dir/$kernel.cluster2.cu"
+        "$dir/registers.cu" >"$dir/registers-cluster2.cu"
+    cp "$dir/registers.name" "$dir/registers-cluster2.name"
 fi
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
-for variant in "" .cluster2; do
-    step "probe-build$variant" "$NVCC" -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a "-DKERNEL_FILE=\"$dir/$kernel$variant.cu\"" \
-        "-DKERNEL=$kernel" benches/gated_gemm_probe.cu -lcuda -o "$OUT/gated-probe$variant"
-    step "probe$variant" timeout 120 "$OUT/gated-probe$variant"
+for variant in registers registers-cluster2 staged; do
+    step "probe-build-$variant" "$NVCC" -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
+        "-DKERNEL_FILE=\"$dir/$variant.cu\"" "-DKERNEL=$(cat "$dir/$variant.name" 2>/dev/null)" \
+        benches/gated_gemm_probe.cu -lcuda -o "$OUT/gated-probe-$variant"
+    step "probe-$variant" timeout 120 "$OUT/gated-probe-$variant"
 done
 fi
 
@@ -211,9 +222,9 @@ PY
     echo "gated GEMM tests: $(grep -E '^test result' "$OUT/gated-tests.log" || echo 'no result line')"
     grep -E '^test .* FAILED$' "$OUT/gated-tests.log"
     grep -oE 'check exec [^;]*; fusion [a-z]+; gated GEMMs [0-9]+' "$OUT/gated-tests.log" | sed -E 's/^check exec /  /'
-    python3 - "$OUT/gated-profile-off.log" "$OUT/gated-profile-on.log" <<'PY'
+    python3 - "$OUT/gated-profile-off.log" "$OUT/gated-profile-on.log" "$OUT/gated-profile-staged.log" <<'PY'
 import json, sys
-print("\nheadline with the gated GEMM off and on (lancet bench --profile; ms)")
+print("\nheadline with the gated GEMM off, on, and on with the staged epilogue (lancet bench --profile; ms)")
 for path in sys.argv[1:]:
     try:
         text = open(path).read()
@@ -223,10 +234,11 @@ for path in sys.argv[1:]:
         print(f"  {path}: no report ({e})")
         continue
     steps = ", ".join(f"{k} {v['ms']:.3f} ({v['launches']})" for k, v in r["profile_ms"].items())
-    print(f"  {path.rsplit('-', 1)[-1][:-4]:>3}: replay {r['steady_state']['cuda_graph']['median_ms']:.3f}; {steps}")
+    print(f"  {path.rsplit('-', 1)[-1][:-4]:>6}: replay {r['steady_state']['cuda_graph']['median_ms']:.3f}; {steps}")
 PY
     fi
-    for group in startup probe-build probe probe-build.cluster2 probe.cluster2 side-by-side hf-parity sweep; do
+    for group in startup probe-build-registers probe-registers probe-build-registers-cluster2 probe-registers-cluster2 \
+        probe-build-staged probe-staged side-by-side hf-parity sweep; do
         if [[ -f $OUT/$group.log ]]; then
             echo
             echo "--- $group (last lines of $group.log) ---"

@@ -1,15 +1,16 @@
 // The gated GEMM kernel on its own, for tuning it on the GPU machine without a Rust toolchain:
-// `lancet compile --gated-gemm on --dump-kernels DIR` writes the generated kernel, and this host
-// program (built there with nvcc) includes it, checks it against a naive kernel on shapes with
-// partial tiles, and times it at the headline's MLP shape. benches/device.sh group `probe`
-// builds and runs it:
+// `lancet compile --dump-kernels DIR [--gated-epilogue registers|staged]` writes the generated
+// kernel, and this host program (built there with nvcc) includes it, checks it against a naive
+// kernel on shapes with partial tiles, and times it at the headline's MLP shape.
+// benches/device.sh group `probe` builds and runs it:
 //
-//   nvcc -O2 -std=c++17 -arch=sm_90a -DKERNEL_FILE='"DIR/gated_gemm_silu_<hash>.cu"' \
-//        -DKERNEL=gated_gemm_silu_<hash> benches/gated_gemm_probe.cu -lcuda -o probe
+//   nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
+//        -DKERNEL_FILE='"DIR/gated_gemm_silu_<hash>.cu"' -DKERNEL=gated_gemm_silu_<hash> \
+//        benches/gated_gemm_probe.cu -lcuda -o probe
 //
 // The kernel must be the SiLU / bf16 / e4m3 variant (what the Llama presets generate), with
-// clusters of 1 or 2 (its CLUSTER). Prints
-// one line per shape; exits non-zero when a check fails. Outputs are poisoned (e4m3 NaN) first.
+// clusters of 1 or 2 (its CLUSTER) and either epilogue. Prints one line per shape; exits
+// non-zero when a check fails. Outputs are poisoned (e4m3 NaN) first.
 #include <cuda.h>
 #include <cuda_runtime.h>
 

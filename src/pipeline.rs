@@ -14,6 +14,8 @@ use serde::Serialize;
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
     pub rewrite: Options,
+    /// Where gated GEMMs run their epilogue.
+    pub gated_epilogue: gated_gemm::Epilogue,
     pub jit: JitOptions,
     /// Compile the kernels with NVRTC (off: codegen only).
     pub nvrtc: bool,
@@ -26,6 +28,7 @@ impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
             rewrite: Options::default(),
+            gated_epilogue: gated_gemm::EPILOGUE,
             jit: JitOptions::default(),
             nvrtc: true,
             fetch: true,
@@ -80,7 +83,11 @@ pub fn compile(graph: &Graph, options: &CompileOptions) -> anyhow::Result<Compil
     let (optimized, report) = optimize(graph, &rewrite)?;
     let t1 = Instant::now();
     let merge_launches = options.rewrite.fusion;
-    let plan = lower_with(&optimized, &LowerOptions { merge_launches })?;
+    let lowering = LowerOptions {
+        merge_launches,
+        gated_epilogue: options.gated_epilogue,
+    };
+    let plan = lower_with(&optimized, &lowering)?;
     let t2 = Instant::now();
     let cubins = if options.nvrtc {
         build_kernels(&plan.kernels, options)?

@@ -108,6 +108,10 @@ fn bad_arguments_fail_with_a_message() {
             &["graph", "--preset", "tiny", "--json", "--dot"][..],
             "cannot be used with",
         ),
+        (
+            &["compile", "--preset", "tiny", "--gated-epilogue", "bogus"][..],
+            "unknown gated GEMM epilogue 'bogus' (registers or staged)",
+        ),
     ] {
         let o = lancet(args);
         assert!(!o.status.success(), "{args:?} should fail");
@@ -223,6 +227,38 @@ fn without_the_gated_gemm_swiglu_is_a_cublaslt_gemm_and_a_kernel() {
             "{extra:?}: {text}"
         );
     }
+}
+
+#[test]
+fn the_staged_epilogue_is_generated_when_asked_for() {
+    let dir = scratch("staged");
+    let out = dir.path().join("kernels");
+    let o = lancet(&[
+        "compile",
+        "--preset",
+        "llama-3.2-1b",
+        "--layers",
+        "1",
+        "--attention",
+        "fp8",
+        "--gated-epilogue",
+        "staged",
+        "--no-nvrtc",
+        "--dump-kernels",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let gated: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("gated_gemm_") && name.ends_with(".cu")
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(gated.len(), 1);
+    assert!(gated[0].contains("drain(tiles, out_scale"), "{}", gated[0]);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use lancet_compiler::codegen::gated_gemm::{self, GatedGemmSpec};
+use lancet_compiler::codegen::gated_gemm::{self, Epilogue, GatedGemmSpec};
 use lancet_compiler::codegen::Kernel;
 use lancet_compiler::ir::{DType, GateAct};
 use lancet_compiler::lower::{lower_with, LowerOptions};
@@ -55,6 +55,7 @@ fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
                     &optimized,
                     &LowerOptions {
                         merge_launches: fusion,
+                        ..LowerOptions::default()
                     },
                 )
                 .expect("lowers");
@@ -73,15 +74,24 @@ fn all_kernels() -> BTreeMap<String, (Kernel, Vec<String>)> {
             }
         }
     }
-    // The gated GEMM's multicast variant, which lowering does not choose (no faster on the H100).
-    let spec = GatedGemmSpec {
-        act: GateAct::Silu,
-        mid: DType::BF16,
-        out: DType::F8E4M3,
-        cluster: 2,
-    };
-    let k = gated_gemm::generate(spec, Vec::new());
-    kernels.insert(k.name.clone(), (k, vec!["gated GEMM, clusters of 2".into()]));
+    // The gated GEMM variants lowering does not choose: the multicast one (no faster on the
+    // H100), the staged epilogue (not yet timed), and both together.
+    for (cluster, epilogue) in [
+        (2, Epilogue::Registers),
+        (1, Epilogue::Staged),
+        (2, Epilogue::Staged),
+    ] {
+        let spec = GatedGemmSpec {
+            act: GateAct::Silu,
+            mid: DType::BF16,
+            out: DType::F8E4M3,
+            cluster,
+            epilogue,
+        };
+        let k = gated_gemm::generate(spec, Vec::new());
+        let what = format!("gated GEMM, clusters of {cluster}, {epilogue} epilogue");
+        kernels.insert(k.name.clone(), (k, vec![what]));
+    }
     kernels
 }
 

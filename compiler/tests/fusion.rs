@@ -2,6 +2,7 @@
 //! fusion achieved (kernel counts pinned on the plan, as tinygrad's tests count kernels), and a
 //! few anchored lines of every kernel kind's generated source.
 
+use lancet_compiler::codegen::gated_gemm::Epilogue;
 use lancet_compiler::codegen::{GatedGemmSpec, Generated};
 use lancet_compiler::ir::{Builder, DType, GateAct, GeluApprox, Graph, Init, Op, RopeStyle, Tensor};
 use lancet_compiler::lower::{lower, lower_with, LowerOptions, Plan, Step};
@@ -216,6 +217,7 @@ fn plan(config: &LlamaConfig, fusion: bool) -> Plan {
         &optimized,
         &LowerOptions {
             merge_launches: fusion,
+            ..LowerOptions::default()
         },
     )
     .unwrap()
@@ -280,6 +282,7 @@ fn llama_layer_fuses_to_three_kernels_three_gemms_one_gated_gemm_one_attention()
             mid: DType::BF16,
             out: DType::F8E4M3,
             cluster: 1,
+            epilogue: Epilogue::Registers,
         })
     );
     let down = p
@@ -820,6 +823,41 @@ fn gated_gemm_needs_k_a_multiple_of_16() {
         err.starts_with("node 5 (gated_linear 'mlp.act'): k = 24 is not a multiple of 16"),
         "{err}"
     );
+}
+
+#[test]
+fn the_staged_epilogue_is_chosen_where_mid_fits_its_buffer() {
+    // The staging buffer holds 16-bit values: a gated GEMM rounding to f32 keeps its epilogue
+    // in registers.
+    for (mid, want) in [
+        (DType::BF16, Epilogue::Staged),
+        (DType::F16, Epilogue::Staged),
+        (DType::F32, Epilogue::Registers),
+    ] {
+        let mut b = Builder::new();
+        let x = b.input("x", DType::F8E4M3, [8, 32]).unwrap();
+        let w = b.param("w", DType::F8E4M3, [32, 32], Init::normal(1.0)).unwrap();
+        let s = [0.5, 0.01, 0.02].map(|v| {
+            b.param(&format!("s{v}"), DType::F32, [], Init::constant(v))
+                .unwrap()
+        });
+        let q = b
+            .gated_linear([x, w], s, GateAct::Silu, mid, DType::F8E4M3)
+            .unwrap();
+        b.output("out", q).unwrap();
+        let options = LowerOptions {
+            gated_epilogue: Epilogue::Staged,
+            ..LowerOptions::default()
+        };
+        let p = lower_with(&b.finish(), &options).unwrap();
+        let spec = p.kernels[0].spec.gated_gemm().expect("a gated GEMM");
+        assert_eq!(spec.epilogue, want, "{mid}");
+        assert_eq!(
+            p.kernels[0].body.contains("drain("),
+            want == Epilogue::Staged,
+            "{mid}"
+        );
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use lancet::pipeline::{compile, CompileOptions, Compiled};
+use lancet_compiler::codegen::gated_gemm;
 use lancet_compiler::ir::to_dot;
 use lancet_compiler::rewrite::Options;
 use lancet_runtime::jit::JitOptions;
@@ -31,6 +32,11 @@ pub struct CompileArgs {
     /// sm_90a, only: for other architectures the latter whatever this says).
     #[arg(long, value_enum, default_value = "on")]
     pub gated_gemm: Switch,
+    /// Where the gated GEMM runs its epilogue: `registers` (in the MMA warps, between tiles) or
+    /// `staged` (handed through shared memory to otherwise idle warps, overlapping the next
+    /// tile's MMAs; experimental, not yet timed on a GPU).
+    #[arg(long, default_value_t = gated_gemm::EPILOGUE)]
+    pub gated_epilogue: gated_gemm::Epilogue,
     /// GPU architecture to compile for.
     #[arg(long, default_value = "sm_90a")]
     pub arch: String,
@@ -53,6 +59,7 @@ impl CompileArgs {
                 gated_gemm: self.gated_gemm == Switch::On,
                 ..Options::default()
             },
+            gated_epilogue: self.gated_epilogue,
             jit: JitOptions {
                 arch: self.arch.clone(),
                 cache: !self.no_cache,

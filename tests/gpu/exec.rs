@@ -34,13 +34,24 @@ pub fn check_with(
     fast_accum: bool,
     tolerance: f64,
 ) -> Result<usize, Failed> {
+    let compile = CompileOptions {
+        rewrite: rewrite.clone(),
+        ..CompileOptions::default()
+    };
+    check_compiled(graph, compile, fast_accum, tolerance)
+}
+
+/// [`check_with`], with every compile option chosen.
+pub fn check_compiled(
+    graph: &Graph,
+    compile: CompileOptions,
+    fast_accum: bool,
+    tolerance: f64,
+) -> Result<usize, Failed> {
     let device = device()?;
-    let fusion = rewrite.fusion;
+    let fusion = compile.rewrite.fusion;
     let options = SessionOptions {
-        compile: CompileOptions {
-            rewrite: rewrite.clone(),
-            ..CompileOptions::default()
-        },
+        compile,
         seed: seed(),
         calibration_passes: 2,
         cuda_graph: true,

@@ -1,27 +1,40 @@
 //! lancet's own FP8 GEMM with the gated-linear epilogue (`templates/gated_gemm.cu.tera`) against
 //! the reference interpreter: shapes that leave partial tiles in every dimension (rows, output
-//! columns, K shorter than one 128-byte stage), both gate activations, the headline's MLP width,
-//! and whole models with the rule on, and, as the rule is on by default, one with it off (the
-//! cuBLASLt GEMM and the fused SwiGLU kernel it replaces). Outputs are poisoned with NaN first
-//! (see `exec::check_with`), and each check with the rule on fails when the plan has no gated
+//! columns, K shorter than one 128-byte stage), both gate activations and the headline's MLP
+//! width, each with the epilogue in registers and staged through shared memory; whole models
+//! with the rule on, and, as the rule is on by default, one with it off (the cuBLASLt GEMM and
+//! the fused SwiGLU kernel it replaces). Outputs are poisoned with NaN first (see
+//! `exec::check_compiled`), and each check with the rule on fails when the plan has no gated
 //! GEMM to exercise.
 
+use lancet::pipeline::CompileOptions;
+use lancet_compiler::codegen::gated_gemm::Epilogue;
 use lancet_compiler::ir::{Builder, DType, GeluApprox, Graph, Init, Tensor};
 use lancet_compiler::rewrite::Options;
 use libtest_mimic::{Failed, Trial};
 
-use crate::exec::{check_with, model, Mode};
+use crate::exec::{check_compiled, model, Mode};
 use crate::support::{fail, gpu_trial};
 
 /// Checks `graph` with fusion and the gated-linear rule on or off (spelled out: the checks must
-/// not depend on the default), failing when the plan has gated GEMMs and should not, or has
-/// none and so would not exercise the kernel.
-fn check_gated(graph: &Graph, on: bool, fast_accum: bool, tolerance: f64) -> Result<(), Failed> {
-    let options = Options {
-        gated_gemm: on,
-        ..Options::default()
+/// not depend on the default) and the gated GEMM's epilogue where `epilogue` says, failing when
+/// the plan has gated GEMMs and should not, or has none and so would not exercise the kernel.
+fn check_gated(
+    graph: &Graph,
+    on: bool,
+    epilogue: Epilogue,
+    fast_accum: bool,
+    tolerance: f64,
+) -> Result<(), Failed> {
+    let compile = CompileOptions {
+        rewrite: Options {
+            gated_gemm: on,
+            ..Options::default()
+        },
+        gated_epilogue: epilogue,
+        ..CompileOptions::default()
     };
-    match (on, check_with(graph, &options, fast_accum, tolerance)?) {
+    match (on, check_compiled(graph, compile, fast_accum, tolerance)?) {
         (true, 0) => Err(fail(
             "the plan has no gated GEMM: the check would not exercise it",
         )),
@@ -58,12 +71,12 @@ fn glu(b: &mut Builder, rows: usize, k: usize, f: usize, gelu: bool) -> Tensor {
     b.dequantize(q, s, DType::F32).unwrap()
 }
 
-fn kernel_case(rows: usize, k: usize, f: usize, gelu: bool) -> Result<(), Failed> {
+fn kernel_case(rows: usize, k: usize, f: usize, gelu: bool, epilogue: Epilogue) -> Result<(), Failed> {
     let mut b = Builder::new();
     let out = glu(&mut b, rows, k, f, gelu);
     b.output("out", out).map_err(fail)?;
     // One FP8 GEMM whose output is quantized again: as the fused SwiGLU kernel's test.
-    check_gated(&b.finish(), true, false, 3e-2)
+    check_gated(&b.finish(), true, epilogue, false, 3e-2)
 }
 
 pub fn trials() -> Vec<Trial> {
@@ -76,14 +89,15 @@ pub fn trials() -> Vec<Trial> {
         ("silu_one_tile", 128, 128, 128, false),
         ("silu_headline_mlp", 256, 2048, 8192, false),
     ];
-    let mut trials: Vec<Trial> = kernels
-        .into_iter()
-        .map(|(label, rows, k, f, gelu)| {
-            gpu_trial(format!("gated_gemm::kernel::{label}"), move || {
-                kernel_case(rows, k, f, gelu)
-            })
-        })
-        .collect();
+    let mut trials = Vec::new();
+    for epilogue in [Epilogue::Registers, Epilogue::Staged] {
+        for (label, rows, k, f, gelu) in kernels {
+            trials.push(gpu_trial(
+                format!("gated_gemm::kernel::{epilogue}::{label}"),
+                move || kernel_case(rows, k, f, gelu, epilogue),
+            ));
+        }
+    }
     // Whole models, bounded as the fast-accumulation model checks are (the kernel sums its FP8
     // products in the tensor cores' accumulator, as cuBLASLt's fast accumulation does).
     #[rustfmt::skip]
@@ -97,14 +111,21 @@ pub fn trials() -> Vec<Trial> {
             // bf16 attention: these checks are about the GEMM, and FP8 attention needs a cuDNN
             // that not every machine has.
             let graph = model(preset, layers, 2, seq, Mode::Fp8Linears, None);
-            check_gated(&graph, true, true, tolerance)
+            check_gated(&graph, true, Epilogue::Registers, true, tolerance)
         }));
     }
+    trials.push(gpu_trial(
+        "gated_gemm::model::llama_1b_2_layers_seq64_staged",
+        || {
+            let graph = model("llama-3.2-1b", 2, 2, 64, Mode::Fp8Linears, None);
+            check_gated(&graph, true, Epilogue::Staged, true, 6e-2)
+        },
+    ));
     trials.push(gpu_trial(
         "gated_gemm::model::llama_1b_2_layers_seq64_without",
         || {
             let graph = model("llama-3.2-1b", 2, 2, 64, Mode::Fp8Linears, None);
-            check_gated(&graph, false, true, 6e-2)
+            check_gated(&graph, false, Epilogue::Registers, true, 6e-2)
         },
     ));
     trials

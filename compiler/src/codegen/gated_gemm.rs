@@ -50,9 +50,6 @@ pub const TILE_N: usize = 128;
 /// Bytes of `k` per pipeline stage: one 128-byte swizzle row, what a TMA box with that swizzle
 /// may span.
 pub const BOX_K: usize = 128;
-/// Stages in the shared-memory ring: 48 KiB each, so four leave room for nothing else, and
-/// hide TMA's latency behind the three in flight.
-pub const STAGES: usize = 4;
 /// The cluster size lowering gives gated GEMMs: 1. The multicast variant (2, which halves the
 /// weight traffic from L2) is correct on an H100 but was no faster at the headline's MLP shape
 /// (docs/benchmarks.md, 2026-12-07): L2 is not what bounds this kernel yet. It stays compiled in
@@ -61,10 +58,80 @@ pub const CLUSTER: usize = 1;
 /// Threads per CTA: one producer warpgroup and two consumer warpgroups.
 pub const THREADS: usize = 384;
 
-/// Dynamic shared memory of one CTA: the stages, 1 KiB to align them to the swizzle's 1024-byte
-/// atoms, and two mbarriers per stage.
-pub const fn smem_bytes() -> usize {
-    STAGES * (TILE_M * BOX_K + 2 * TILE_N * BOX_K) + 1024 + 2 * STAGES * 8
+/// Where the epilogue (activation, product, quantize) runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Epilogue {
+    /// In the consumer warpgroups, on their accumulators, between one tile's MMAs and the next:
+    /// the tensor cores wait for it (measured on the H100: 1,220 TFLOP/s alone, where cuBLASLt's
+    /// GEMM reaches 1,440).
+    Registers,
+    /// The consumers write each tile's gate and up values, scaled and rounded to `mid`, into a
+    /// shared-memory staging buffer and go on to the next tile's MMAs; the producer warpgroup's
+    /// three idle warps finish the epilogue from there, in a loop that is not unrolled (a third
+    /// of the compile time). The buffer (66 KiB) costs one pipeline stage. Needs a 16-bit `mid`.
+    /// Not yet run on a GPU.
+    Staged,
+}
+
+impl std::fmt::Display for Epilogue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Epilogue {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Epilogue::Registers, Epilogue::Staged]
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("unknown gated GEMM epilogue '{s}' (registers or staged)"))
+    }
+}
+
+impl Epilogue {
+    pub fn name(self) -> &'static str {
+        match self {
+            Epilogue::Registers => "registers",
+            Epilogue::Staged => "staged",
+        }
+    }
+
+    /// Stages in the shared-memory ring, 48 KiB each: four leave room for nothing else and hide
+    /// TMA's latency behind the three in flight; the staging buffer leaves room for three.
+    pub const fn stages(self) -> usize {
+        match self {
+            Epilogue::Registers => 4,
+            Epilogue::Staged => 3,
+        }
+    }
+
+    /// Bytes of the staging buffer: gate and up values of a tile as 16-bit pairs, each row of
+    /// `TILE_N / 2` pairs padded by 4 words so that a consumer warp's writes hit 32 banks.
+    pub const fn staging_bytes(self) -> usize {
+        match self {
+            Epilogue::Registers => 0,
+            Epilogue::Staged => 2 * TILE_M * (TILE_N / 2 + 4) * 4,
+        }
+    }
+
+    /// Dynamic shared memory of one CTA: the stages, 1 KiB to align them to the swizzle's
+    /// 1024-byte atoms, the staging buffer, two mbarriers per stage and two for the buffer.
+    pub const fn smem_bytes(self) -> usize {
+        let stages = self.stages();
+        stages * (TILE_M * BOX_K + 2 * TILE_N * BOX_K) + self.staging_bytes() + 1024 + (2 * stages + 2) * 8
+    }
+}
+
+/// The epilogue lowering gives gated GEMMs: [`Epilogue::Registers`], until the staged one has
+/// run and been timed on an H100.
+pub const EPILOGUE: Epilogue = Epilogue::Registers;
+
+/// Whether `epilogue` can round to `mid`: the staging buffer holds 16-bit values.
+pub fn epilogue_supports(epilogue: Epilogue, mid: DType) -> bool {
+    epilogue == Epilogue::Registers || mid.size_bytes() == 2
 }
 
 /// Everything that determines a gated GEMM's source.
@@ -79,6 +146,8 @@ pub struct GatedGemmSpec {
     /// tiles and share each stage's weight boxes through TMA multicast (half the weight traffic
     /// from L2). Lowering uses [`CLUSTER`].
     pub cluster: usize,
+    /// Where the epilogue runs.
+    pub epilogue: Epilogue,
 }
 
 /// The entry point's name while rendering: the real one is a hash of the rendered body.
@@ -94,9 +163,10 @@ pub fn generate(spec: GatedGemmSpec, nodes: Vec<String>) -> Kernel {
     ctx.insert("bm", &TILE_M);
     ctx.insert("bn", &TILE_N);
     ctx.insert("bk", &BOX_K);
-    ctx.insert("stages", &STAGES);
-    ctx.insert("smem_bytes", &smem_bytes());
+    ctx.insert("stages", &spec.epilogue.stages());
+    ctx.insert("smem_bytes", &spec.epilogue.smem_bytes());
     ctx.insert("cluster", &spec.cluster);
+    ctx.insert("staged", &(spec.epilogue == Epilogue::Staged));
     let body = templates::render(TEMPLATE, &ctx);
     let name = format!("gated_gemm_{}_{:016x}", spec.act.name(), fnv1a(&body));
     let body = body.replace(PLACEHOLDER, &name);

@@ -46,6 +46,8 @@ struct Lowering<'g> {
     /// Each lowered node's value, by node id.
     values: Vec<Option<View>>,
     amax_slots: Vec<String>,
+    /// Where gated GEMMs run their epilogue, where their `mid` type allows it.
+    gated_epilogue: gated_gemm::Epilogue,
 }
 
 /// Choices lowering leaves to its caller.
@@ -54,11 +56,17 @@ pub struct LowerOptions {
     /// Merge adjacent independent elementwise launches into one (off for the one-kernel-per-op
     /// baseline).
     pub merge_launches: bool,
+    /// Where gated GEMMs run their epilogue (default [`gated_gemm::EPILOGUE`]); a gated GEMM
+    /// whose `mid` the staged epilogue cannot hold keeps it in registers.
+    pub gated_epilogue: gated_gemm::Epilogue,
 }
 
 impl Default for LowerOptions {
     fn default() -> Self {
-        LowerOptions { merge_launches: true }
+        LowerOptions {
+            merge_launches: true,
+            gated_epilogue: gated_gemm::EPILOGUE,
+        }
     }
 }
 
@@ -76,6 +84,7 @@ pub fn lower_with(graph: &Graph, options: &LowerOptions) -> Result<Plan, LowerEr
         specs: Vec::new(),
         values: vec![None; graph.len()],
         amax_slots: Vec::new(),
+        gated_epilogue: options.gated_epilogue,
     };
     for id in graph.ids() {
         l.values[id.index()] = Some(l.node(id)?);
@@ -410,11 +419,17 @@ impl<'g> Lowering<'g> {
         } else {
             gated_gemm::CLUSTER
         };
+        let epilogue = if gated_gemm::epilogue_supports(self.gated_epilogue, mid) {
+            self.gated_epilogue
+        } else {
+            gated_gemm::Epilogue::Registers
+        };
         self.specs.push(Generated::GatedGemm(GatedGemmSpec {
             act,
             mid,
             out: out_type,
             cluster,
+            epilogue,
         }));
         self.steps.push(Step::GatedGemm(GatedGemmStep {
             kernel: self.specs.len() - 1,

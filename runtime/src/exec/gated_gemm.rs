@@ -12,7 +12,7 @@ use cudarc::driver::sys::{
 };
 use cudarc::driver::{CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use lancet_compiler::codegen::gated_gemm::{
-    smem_bytes, BOX_K, F_MULTIPLE, K_MULTIPLE, THREADS, TILE_M, TILE_N,
+    GatedGemmSpec, BOX_K, F_MULTIPLE, K_MULTIPLE, THREADS, TILE_M, TILE_N,
 };
 use lancet_compiler::lower::GatedGemmStep;
 
@@ -34,15 +34,18 @@ pub(super) struct GatedGemmKernel {
     function: CudaFunction,
     /// CTAs per cluster.
     cluster: usize,
+    /// Dynamic shared memory a CTA asks for.
+    smem: usize,
     /// Clusters resident at once: a persistent grid must not have more, or the late ones would
     /// run their whole share of tiles after the others finish.
     resident: usize,
 }
 
 impl GatedGemmKernel {
-    /// Grants `function` the kernel's dynamic shared memory and counts its resident clusters.
-    pub(super) fn new(function: CudaFunction, cluster: usize, device: &Device) -> Result<Self, String> {
-        let smem = smem_bytes();
+    /// Grants `function` the dynamic shared memory of `spec`'s kernel and counts its resident
+    /// clusters.
+    pub(super) fn new(function: CudaFunction, spec: &GatedGemmSpec, device: &Device) -> Result<Self, String> {
+        let (cluster, smem) = (spec.cluster, spec.epilogue.smem_bytes());
         function
             .set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -53,24 +56,25 @@ impl GatedGemmKernel {
             device.info().sm_count.max(1) as usize
         } else {
             function
-                .occupancy_max_active_clusters(launch_config(cluster), device.stream())
+                .occupancy_max_active_clusters(launch_config(cluster, smem), device.stream())
                 .map_err(|e| format!("asking how many clusters of {cluster} fit: {e}"))?
                 .max(1) as usize
         };
         Ok(GatedGemmKernel {
             function,
             cluster,
+            smem,
             resident,
         })
     }
 }
 
-/// A launch of `grid` CTAs with the kernel's block and shared memory.
-fn launch_config(grid: usize) -> LaunchConfig {
+/// A launch of `grid` CTAs with the kernel's block and `smem` bytes of shared memory.
+fn launch_config(grid: usize, smem: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid as u32, 1, 1),
         block_dim: (THREADS as u32, 1, 1),
-        shared_mem_bytes: smem_bytes() as u32,
+        shared_mem_bytes: smem as u32,
     }
 }
 
@@ -129,7 +133,7 @@ impl GatedGemmLaunch {
             w_map,
             pointers: [p.x_scale, p.w_scale, p.out_scale, p.out, p.amax],
             dims,
-            config: launch_config(groups.min(kernel.resident) * cluster),
+            config: launch_config(groups.min(kernel.resident) * cluster, kernel.smem),
         })
     }
 

@@ -179,7 +179,7 @@ impl<'d> Prepared<'d> {
                 .gated_gemm()
                 .expect("gated GEMM steps run gated GEMM kernels");
             let prepared =
-                GatedGemmKernel::new(functions[kernel].clone(), spec.cluster, device).map_err(|problem| {
+                GatedGemmKernel::new(functions[kernel].clone(), spec, device).map_err(|problem| {
                     ExecError::Kernel {
                         kernel: plan.kernels[kernel].name.clone(),
                         problem,
