@@ -68,9 +68,9 @@ pub enum Epilogue {
     Registers,
     /// The consumers write each tile's gate and up values, scaled and rounded to `mid`, into a
     /// shared-memory staging buffer and go on to the next tile's MMAs; the producer warpgroup's
-    /// three idle warps finish the epilogue from there, in a loop that is not unrolled (a third
-    /// of the compile time). The buffer (66 KiB) costs one pipeline stage. Needs a 16-bit `mid`.
-    /// Not yet run on a GPU.
+    /// three idle warps finish the epilogue from there, in a loop unrolled only twice (less to
+    /// compile than 32 unrolled pairs). The buffer (68 KiB) costs one pipeline stage. Needs a
+    /// 16-bit `mid`. Not yet run on a GPU.
     Staged,
 }
 
