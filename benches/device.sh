@@ -9,8 +9,9 @@
 # fresh machine: its first process then also reads the CUDA libraries from disk). Builds nothing. Logs and JSON go to $OUT (./out when unset); a short summary is
 # printed last.
 #
-# Usage: benches/device.sh [all|startup|checks|gated|probe|headline|parity|sweep]   (default all; run one group per
-# 10-minute call)
+# Usage: benches/device.sh [GROUP...]   GROUP: all (the default), startup, checks, gated, probe,
+# headline, parity, sweep. Several groups run in the order the script has them; keep each call
+# under its 10-minute limit (gated, probe and headline together take about 5 minutes).
 #
 # To add a step: one `step NAME COMMAND...` line (its output goes to $OUT/NAME.log), and a few
 # lines in the summary below.
@@ -50,8 +51,8 @@ done
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv \
     >"$OUT/gpu.txt" 2>&1
 
-GROUP=${1:-all}
-want() { [[ $GROUP == all || $GROUP == "$1" ]]; }
+GROUPS_ASKED=" ${*:-all} "
+want() { [[ $GROUPS_ASKED == *" all "* || $GROUPS_ASKED == *" $1 "* ]]; }
 
 if want startup; then
 # Before anything else, so that on a fresh machine its first process is the machine's first.
