@@ -259,6 +259,8 @@ fn the_staged_epilogue_is_generated_when_asked_for() {
         .collect();
     assert_eq!(gated.len(), 1);
     assert!(gated[0].contains("drain(tiles, out_scale"), "{}", gated[0]);
+    let plan = std::fs::read_to_string(out.join("plan.txt")).unwrap();
+    assert!(plan.contains("(epilogue staged, clusters of 1)"), "{plan}");
 }
 
 #[test]

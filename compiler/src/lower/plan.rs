@@ -272,7 +272,11 @@ impl fmt::Display for Plan {
                         spec.act.name(),
                         g.node
                     )?;
-                    writeln!(f, "       kernel: {}", self.kernels[g.kernel].name)?;
+                    writeln!(
+                        f,
+                        "       kernel: {} (epilogue {}, clusters of {})",
+                        self.kernels[g.kernel].name, spec.epilogue, spec.cluster
+                    )?;
                     for (name, v) in [
                         ("x", &g.x),
                         ("w", &g.w),
