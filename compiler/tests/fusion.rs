@@ -795,9 +795,9 @@ fn gated_gemm_reads_x_as_a_dense_matrix() {
     assert_eq!(p.amax_slots, std::slice::from_ref(&g.node));
 }
 
-/// Lowering's error for a lone `GatedLinear` node (named `mlp.act`) over `x [8, k]` and
-/// `w [2f, k]`.
-fn gated_linear_lowering_error(k: usize, f: usize, act: GateAct) -> String {
+/// A lone `GatedLinear` node (named `mlp.act`) over `x [8, k]` and `w [2f, k]`, rounding to
+/// `mid`.
+fn lone_gated_linear(k: usize, f: usize, act: GateAct, mid: DType) -> Graph {
     let mut b = Builder::new();
     let x = b.input("x", DType::F8E4M3, [8, k]).unwrap();
     let w = b
@@ -808,48 +808,47 @@ fn gated_linear_lowering_error(k: usize, f: usize, act: GateAct) -> String {
             .unwrap()
     });
     let q = b
-        .scoped("mlp.act", |b| {
-            b.gated_linear([x, w], s, act, DType::BF16, DType::F8E4M3)
-        })
+        .scoped("mlp.act", |b| b.gated_linear([x, w], s, act, mid, DType::F8E4M3))
         .unwrap();
     b.output("out", q).unwrap();
-    lower(&b.finish()).unwrap_err().to_string()
+    b.finish()
 }
 
 #[test]
-fn gated_gemm_needs_k_a_multiple_of_16() {
-    let err = gated_linear_lowering_error(24, 16, GateAct::Silu);
-    assert!(
-        err.starts_with("node 5 (gated_linear 'mlp.act'): k = 24 is not a multiple of 16"),
-        "{err}"
-    );
+fn gated_gemm_lowering_names_what_it_cannot_take() {
+    for (k, f, act, want) in [
+        (24, 16, GateAct::Silu, "k = 24 is not a multiple of 16"),
+        (32, 15, GateAct::Silu, "f = 15 is not a multiple of 2"),
+        (
+            32,
+            16,
+            GateAct::GeluErf,
+            "the gated GEMM has no gelu_erf epilogue",
+        ),
+    ] {
+        let graph = lone_gated_linear(k, f, act, DType::BF16);
+        let err = lower(&graph).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("node 5 (gated_linear 'mlp.act'): {want}")),
+            "{err}"
+        );
+    }
 }
 
 #[test]
 fn the_staged_epilogue_is_chosen_where_mid_fits_its_buffer() {
     // The staging buffer holds 16-bit values: a gated GEMM rounding to f32 keeps its epilogue
     // in registers.
+    let options = LowerOptions {
+        gated_epilogue: Epilogue::Staged,
+        ..LowerOptions::default()
+    };
     for (mid, want) in [
         (DType::BF16, Epilogue::Staged),
         (DType::F16, Epilogue::Staged),
         (DType::F32, Epilogue::Registers),
     ] {
-        let mut b = Builder::new();
-        let x = b.input("x", DType::F8E4M3, [8, 32]).unwrap();
-        let w = b.param("w", DType::F8E4M3, [32, 32], Init::normal(1.0)).unwrap();
-        let s = [0.5, 0.01, 0.02].map(|v| {
-            b.param(&format!("s{v}"), DType::F32, [], Init::constant(v))
-                .unwrap()
-        });
-        let q = b
-            .gated_linear([x, w], s, GateAct::Silu, mid, DType::F8E4M3)
-            .unwrap();
-        b.output("out", q).unwrap();
-        let options = LowerOptions {
-            gated_epilogue: Epilogue::Staged,
-            ..LowerOptions::default()
-        };
-        let p = lower_with(&b.finish(), &options).unwrap();
+        let p = lower_with(&lone_gated_linear(32, 16, GateAct::Silu, mid), &options).unwrap();
         let spec = p.kernels[0].spec.gated_gemm().expect("a gated GEMM");
         assert_eq!(spec.epilogue, want, "{mid}");
         assert_eq!(
@@ -858,24 +857,6 @@ fn the_staged_epilogue_is_chosen_where_mid_fits_its_buffer() {
             "{mid}"
         );
     }
-}
-
-#[test]
-fn gated_gemm_needs_f_even() {
-    let err = gated_linear_lowering_error(32, 15, GateAct::Silu);
-    assert!(
-        err.starts_with("node 5 (gated_linear 'mlp.act'): f = 15 is not a multiple of 2"),
-        "{err}"
-    );
-}
-
-#[test]
-fn gated_gemm_refuses_the_erf_gelu_by_name() {
-    let err = gated_linear_lowering_error(32, 16, GateAct::GeluErf);
-    assert!(
-        err.starts_with("node 5 (gated_linear 'mlp.act'): the gated GEMM has no gelu_erf epilogue"),
-        "{err}"
-    );
 }
 
 /// A line of `source` containing `needle`, so a failure shows what was generated instead.
