@@ -89,8 +89,8 @@ if want probe; then
 # The gated GEMM kernel alone, outside lancet (for tuning it here): lancet dumps the kernel it
 # generates (each epilogue), nvcc builds benches/gated_gemm_probe.cu around it, and the probe
 # checks it against a naive kernel and times it at the headline's MLP shape. Variants: the
-# epilogue in registers (the default), the same with clusters of 2 (multicast), and the staged
-# epilogue.
+# epilogue in registers (the default), the same with clusters of 2 (multicast) and with 3 ring
+# stages, and the staged epilogue.
 dir=$(cd "$OUT" && pwd)/probe-kernels  # absolute: the probe #includes it
 for epilogue in registers staged; do
     step "probe-dump-$epilogue" "$BUNDLE/lancet" compile --preset llama-3.2-1b --layers 1 --batch 1 --seq 128 \
@@ -100,15 +100,17 @@ for epilogue in registers staged; do
     echo "$kernel" >"$dir/$epilogue.name"
 done
 # The multicast variant (clusters of 2), which lowering does not choose: the same source as the
-# template renders it with cluster = 2.
+# template renders it with cluster = 2. And the registers epilogue with the staged one's 3 ring
+# stages, which tells the ring's cost apart from the staged epilogue's gain.
 if [[ -f $dir/registers.cu ]]; then
     sed -e 's/^constexpr int CLUSTER = 1;/constexpr int CLUSTER = 2;/' \
         -e 's/__launch_bounds__(384, 1) /__launch_bounds__(384, 1) __cluster_dims__(2, 1, 1) /' \
         "$dir/registers.cu" >"$dir/registers-cluster2.cu"
-    cp "$dir/registers.name" "$dir/registers-cluster2.name"
+    sed -e 's/^constexpr int STAGES = 4;/constexpr int STAGES = 3;/' "$dir/registers.cu" >"$dir/registers-3stages.cu"
+    for v in registers-cluster2 registers-3stages; do cp "$dir/registers.name" "$dir/$v.name"; done
 fi
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
-for variant in registers registers-cluster2 staged; do
+for variant in registers registers-cluster2 registers-3stages staged; do
     step "probe-build-$variant" "$NVCC" -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
         "-DKERNEL_FILE=\"$dir/$variant.cu\"" "-DKERNEL=$(cat "$dir/$variant.name" 2>/dev/null)" \
         benches/gated_gemm_probe.cu -lcuda -o "$OUT/gated-probe-$variant"
@@ -239,7 +241,8 @@ for path in sys.argv[1:]:
 PY
     fi
     for group in startup probe-build-registers probe-registers probe-build-registers-cluster2 probe-registers-cluster2 \
-        probe-build-staged probe-staged side-by-side hf-parity sweep; do
+        probe-build-registers-3stages probe-registers-3stages probe-build-staged probe-staged side-by-side hf-parity \
+        sweep; do
         if [[ -f $OUT/$group.log ]]; then
             echo
             echo "--- $group (last lines of $group.log) ---"
