@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use lancet_compiler::checkpoint::Checkpoint;
-use lancet_compiler::codegen::gated_gemm;
 use lancet_compiler::ir::Graph;
 use lancet_compiler::reference::Bindings;
 use lancet_compiler::weights::{constant_params, random_inputs, random_params};
@@ -200,11 +199,10 @@ pub fn start(graph: &Graph, data: &Data, options: &SessionOptions, ordinal: usiz
         },
     )?;
     let kernels = compiled.plan.kernels.clone();
-    let has_gated_gemms = compiled.plan.gated_gemms() > 0;
     let graph = graph.clone();
     let compile_options = options.compile.clone();
     let kernels = on_thread(ordinal, compile_options.clone(), move |options| {
-        if has_gated_gemms && !gated_gemm::runs_on(&options.jit.arch) {
+        if !kernels.iter().all(|k| k.runs_on(&options.jit.arch)) {
             let replanned = compile(
                 &graph,
                 &CompileOptions {
@@ -289,8 +287,8 @@ impl Startup {
         } = self;
         // A plan with kernels this GPU does not run: the compile thread plans the model again
         // for it, and everything below needs that plan first (no overlap, on such GPUs only).
-        if compiled.plan.gated_gemms() > 0 && !gated_gemm::runs_on(&arch_of(device.info().compute_capability))
-        {
+        let arch = arch_of(device.info().compute_capability);
+        if !compiled.plan.kernels.iter().all(|k| k.runs_on(&arch)) {
             let mut built = joined(kernels, device)?;
             compiled = built
                 .replanned

@@ -25,11 +25,32 @@ pub const F_MULTIPLE: usize = 2;
 
 const TEMPLATE: &str = "gated_gemm.cu.tera";
 
-/// Whether the kernel can apply `act` in its epilogue. Beside 128 accumulators a thread, ptxas
-/// has about 40 registers for the epilogue (168 a thread at 384 threads); `erff` needs more and
-/// spilled (28 bytes), so the exact GELU stays a cuBLASLt GEMM and a fused kernel.
-pub fn supports(act: GateAct) -> bool {
-    act != GateAct::GeluErf
+/// Why the kernel cannot compute a gated linear unit with gate `act` over `k` input features
+/// into `f` outputs, or `None` when it can: what the rewrite rule checks before proposing one,
+/// and what lowering names when a graph has one anyway.
+pub fn refusal(act: GateAct, k: usize, f: usize) -> Option<String> {
+    // Beside 128 accumulators a thread, ptxas has about 40 registers for the epilogue (168 a
+    // thread at 384 threads); `erff` needs more and spilled (28 bytes).
+    if act == GateAct::GeluErf {
+        return Some(format!(
+            "the gated GEMM has no {} epilogue (it would spill registers); leave this gated \
+             linear unfused",
+            act.name()
+        ));
+    }
+    if k % K_MULTIPLE != 0 {
+        return Some(format!(
+            "k = {k} is not a multiple of {K_MULTIPLE}: the gated GEMM loads rows of x and w with \
+             TMA, whose row pitch must be a multiple of 16 bytes"
+        ));
+    }
+    if f % F_MULTIPLE != 0 {
+        return Some(format!(
+            "f = {f} is not a multiple of {F_MULTIPLE}: the gated GEMM stores its FP8 outputs in \
+             pairs"
+        ));
+    }
+    None
 }
 
 /// Whether GPUs of NVRTC target `arch` run the kernel: it is built of Hopper's

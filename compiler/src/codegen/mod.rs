@@ -299,6 +299,15 @@ impl Kernel {
     pub fn source(&self) -> String {
         format!("{}\n{}", self.header, self.body)
     }
+
+    /// Whether GPUs of NVRTC target `arch` run the kernel: fused kernels on any, gated GEMMs on
+    /// Hopper alone ([`gated_gemm::runs_on`]).
+    pub fn runs_on(&self, arch: &str) -> bool {
+        match self.spec {
+            Generated::Fused(_) => true,
+            Generated::GatedGemm(_) => gated_gemm::runs_on(arch),
+        }
+    }
 }
 
 /// The first lines of every generated kernel's header comment: its name, the template that made

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use crate::codegen::gated_gemm::{self, F_MULTIPLE, K_MULTIPLE};
+use crate::codegen::gated_gemm;
 use crate::codegen::{self, GatedGemmSpec, Generated, JobSpec, KernelSpec};
 use crate::ir::{DType, GateAct, Graph, Instr, NodeId, Op, Operand, Origin, Program, RopeScaling};
 pub use layout::{BufferId, View};
@@ -371,34 +371,9 @@ impl<'g> Lowering<'g> {
             .last()
             .copied()
             .expect("linear inputs have rank >= 1");
-        if !gated_gemm::supports(act) {
-            return Err(self.unsupported(
-                id,
-                format!(
-                    "the gated GEMM has no {} epilogue (it would spill registers); leave this \
-                     gated linear unfused",
-                    act.name()
-                ),
-            ));
-        }
-        if k % K_MULTIPLE != 0 {
-            return Err(self.unsupported(
-                id,
-                format!(
-                    "k = {k} is not a multiple of {K_MULTIPLE}: the gated GEMM loads rows of x and w \
-                     with TMA, whose row pitch must be a multiple of 16 bytes"
-                ),
-            ));
-        }
         let f = node.ty.shape.last();
-        if f % F_MULTIPLE != 0 {
-            return Err(self.unsupported(
-                id,
-                format!(
-                    "f = {f} is not a multiple of {F_MULTIPLE}: the gated GEMM stores its FP8 \
-                     outputs in pairs"
-                ),
-            ));
+        if let Some(why) = gated_gemm::refusal(act, k, f) {
+            return Err(self.unsupported(id, why));
         }
         let x = match args[0].as_matrix() {
             Some((_, _, ld)) if ld == k => args[0].clone(),

@@ -32,10 +32,9 @@ unsafe impl DeviceRepr for TensorMap {}
 /// memory granted, and how many of its clusters fit on the device at once.
 pub(super) struct GatedGemmKernel {
     function: CudaFunction,
-    /// CTAs per cluster.
-    cluster: usize,
-    /// Dynamic shared memory a CTA asks for.
-    smem: usize,
+    /// What the kernel was generated from: its cluster size and, through its epilogue, its
+    /// shared memory.
+    spec: GatedGemmSpec,
     /// Clusters resident at once: a persistent grid must not have more, or the late ones would
     /// run their whole share of tiles after the others finish.
     resident: usize,
@@ -62,8 +61,7 @@ impl GatedGemmKernel {
         };
         Ok(GatedGemmKernel {
             function,
-            cluster,
-            smem,
+            spec: spec.clone(),
             resident,
         })
     }
@@ -125,7 +123,7 @@ impl GatedGemmLaunch {
         let x_map = encode(p.x, g.m, g.k, TILE_M).map_err(|e| error(format!("x: {e}")))?;
         let w_map = encode(p.w, 2 * g.f, g.k, TILE_N).map_err(|e| error(format!("w: {e}")))?;
         // The kernel's units of work: one column of `cluster` vertically adjacent tiles each.
-        let cluster = kernel.cluster;
+        let cluster = kernel.spec.cluster;
         let groups = g.m.div_ceil(TILE_M).div_ceil(cluster) * g.f.div_ceil(TILE_N);
         Ok(GatedGemmLaunch {
             function: kernel.function.clone(),
@@ -133,7 +131,10 @@ impl GatedGemmLaunch {
             w_map,
             pointers: [p.x_scale, p.w_scale, p.out_scale, p.out, p.amax],
             dims,
-            config: launch_config(groups.min(kernel.resident) * cluster, kernel.smem),
+            config: launch_config(
+                groups.min(kernel.resident) * cluster,
+                kernel.spec.epilogue.smem_bytes(),
+            ),
         })
     }
 

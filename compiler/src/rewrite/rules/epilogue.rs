@@ -2,7 +2,7 @@
 
 use egg::Id;
 
-use crate::codegen::gated_gemm::{self, F_MULTIPLE, K_MULTIPLE};
+use crate::codegen::gated_gemm;
 use crate::ir::{DType, GateAct, Op};
 use crate::rewrite::analysis::Graph;
 use crate::rewrite::lang::ENode;
@@ -79,14 +79,14 @@ fn gated_linear(egraph: &Graph, id: Id) -> Vec<Proposal> {
                     continue;
                 }
                 for act_node in &egraph[gated].nodes {
-                    let Some(act) = GateAct::of(&act_node.op).filter(|&a| gated_gemm::supports(a)) else {
+                    let Some(act) = GateAct::of(&act_node.op) else {
                         continue;
                     };
                     let gate = act_node.children[0];
                     if sole_consumer(egraph, gate).is_none() {
                         continue;
                     }
-                    for (mid, mut children) in packed_linears(egraph, gate, up) {
+                    for (mid, mut children) in packed_linears(egraph, gate, up, act) {
                         children.push(scale);
                         let node = ENode::new(Op::GatedLinear { act, mid, out: to }, children);
                         if below(egraph, &node, id) {
@@ -100,11 +100,11 @@ fn gated_linear(egraph: &Graph, id: Id) -> Vec<Proposal> {
     out
 }
 
-/// For each FP8 linear `y` (`[.., 2f]` of `mid` values, `k` a multiple of [`K_MULTIPLE`], `f` of
-/// [`F_MULTIPLE`]) whose
-/// first half along the last axis is class `gate` and second half class `up`, and which nothing
-/// but those two slices reads: `mid` and the linear's operands `(x, w, x_scale, w_scale)`.
-fn packed_linears(egraph: &Graph, gate: Id, up: Id) -> Vec<(DType, Vec<Id>)> {
+/// For each FP8 linear `y` (`[.., 2f]` of `mid` values over `k` features) whose first half along
+/// the last axis is class `gate` and second half class `up`, which nothing but those two slices
+/// reads, and which the gated GEMM can take with gate `act` ([`gated_gemm::refusal`]): `mid` and
+/// the linear's operands `(x, w, x_scale, w_scale)`.
+fn packed_linears(egraph: &Graph, gate: Id, up: Id, act: GateAct) -> Vec<(DType, Vec<Id>)> {
     let mut out = Vec::new();
     for first in &egraph[gate].nodes {
         let Op::Slice {
@@ -124,7 +124,6 @@ fn packed_linears(egraph: &Graph, gate: Id, up: Id) -> Vec<(DType, Vec<Id>)> {
         };
         let halves = axis + 1 == dims.len()
             && dims[axis] == 2 * f
-            && f % F_MULTIPLE == 0
             && egraph[up]
                 .nodes
                 .iter()
@@ -142,7 +141,10 @@ fn packed_linears(egraph: &Graph, gate: Id, up: Id) -> Vec<(DType, Vec<Id>)> {
             };
             // FP8 linears only (they alone have scales): bf16 graphs have no quantize to fuse.
             let w = &egraph[linear.children[1]].data.ty;
-            if linear.children.len() == 4 && w.dtype.is_fp8() && w.shape.last() % K_MULTIPLE == 0 {
+            if linear.children.len() == 4
+                && w.dtype.is_fp8()
+                && gated_gemm::refusal(act, w.shape.last(), f).is_none()
+            {
                 out.push((mid, linear.children.clone()));
             }
         }
